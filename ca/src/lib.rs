@@ -1,0 +1,17 @@
+//! Halyard's certificate authority.
+//!
+//! - [`authority`] signs: roots, intermediates and X509-SVID leaves, from parsed and verified
+//!   CSRs, under a [`authority::Policy`]. It knows no network, no SQL and no files.
+//! - [`files`] reads and writes key and certificate files: secrets 0600, atomically, and refused
+//!   when group or other can read them.
+//! - [`ceremony`] is the offline root ceremony and the one-shot signer over those two: the root
+//!   directory and the CA data directory, file by file.
+//! - [`cli`] is the `halyard-ca` command line.
+
+pub mod authority;
+pub mod ceremony;
+pub mod cli;
+pub mod files;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,0 +1,106 @@
+//! Every certificate the signing core issues verifies with independent verifiers (webpki, and
+//! OpenSSL in strict mode) and satisfies every rule of the certificate profile.
+
+use std::time::SystemTime;
+
+use halyard_ca::authority::{Csr, Grant, KeyPolicy};
+use halyard_ca::testing::{
+    CsrSpec, TestKey, TestPki, check_intermediate_profile, check_leaf_profile, openssl_verify,
+    webpki_verify,
+};
+use halyard_proto::{SpiffeId, validate_leaf, validate_signing_cert};
+
+const ID: &str = "spiffe://example.org/ns/default/sa/web";
+
+fn issue(pki: &TestPki, key: TestKey) -> halyard_ca::authority::IssuedSvid {
+    let csr = Csr::parse(&CsrSpec::for_id(ID).key(key).der(), &KeyPolicy::default()).unwrap();
+    let grant = Grant::new(SpiffeId::new(ID).unwrap());
+    pki.authority
+        .sign_svid(&csr, &grant, None, SystemTime::now())
+        .unwrap()
+}
+
+const KEYS: [TestKey; 4] = [
+    TestKey::EcP256,
+    TestKey::EcP384,
+    TestKey::Ed25519,
+    TestKey::Rsa(2048),
+];
+
+#[test]
+fn every_key_type_gives_a_chain_webpki_accepts_for_client_and_server() {
+    let pki = TestPki::new("example.org");
+    for key in KEYS {
+        let svid = issue(&pki, key);
+        for server in [true, false] {
+            webpki_verify(
+                &svid.leaf,
+                &svid.intermediates,
+                pki.root_der(),
+                SystemTime::now(),
+                server,
+            )
+            .unwrap_or_else(|e| panic!("{key:?} server={server}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn every_key_type_gives_a_leaf_with_the_whole_profile() {
+    let pki = TestPki::new("example.org");
+    let intermediate = &pki.authority.chain()[0];
+    check_intermediate_profile(intermediate, pki.root_der(), "example.org");
+    validate_signing_cert(intermediate).unwrap();
+    validate_signing_cert(pki.root_der()).unwrap();
+    for key in KEYS {
+        let svid = issue(&pki, key);
+        check_leaf_profile(&svid.leaf, intermediate, ID, SystemTime::now());
+        let parsed = validate_leaf(&svid.leaf).unwrap();
+        assert_eq!(parsed.spiffe_id().as_str(), ID);
+        assert_eq!(parsed.serial(), svid.serial.as_bytes(), "{key:?}");
+        assert_eq!(parsed.not_after(), svid.not_after);
+    }
+}
+
+#[test]
+fn webpki_refuses_the_chain_after_it_expires_and_under_another_root() {
+    let pki = TestPki::new("example.org");
+    let svid = issue(&pki, TestKey::EcP256);
+    let later = svid.not_after + std::time::Duration::from_secs(1);
+    assert!(webpki_verify(&svid.leaf, &svid.intermediates, pki.root_der(), later, true).is_err());
+    let other = TestPki::new("example.org");
+    assert!(
+        webpki_verify(
+            &svid.leaf,
+            &svid.intermediates,
+            other.root_der(),
+            SystemTime::now(),
+            true
+        )
+        .is_err()
+    );
+}
+
+#[test]
+#[ignore = "needs openssl: run via the README test command"]
+fn openssl_strict_accepts_every_key_type_for_client_and_server() {
+    let pki = TestPki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    let intermediates = dir.path().join("intermediates.pem");
+    std::fs::write(&root, halyard_ca::authority::certs_to_pem([pki.root_der()])).unwrap();
+    std::fs::write(
+        &intermediates,
+        halyard_ca::authority::certs_to_pem(pki.authority.chain().iter().map(Vec::as_slice)),
+    )
+    .unwrap();
+    for key in KEYS {
+        let svid = issue(&pki, key);
+        let leaf = dir.path().join("leaf.pem");
+        std::fs::write(&leaf, halyard_ca::authority::certs_to_pem([svid.leaf.as_slice()])).unwrap();
+        for purpose in ["sslclient", "sslserver"] {
+            openssl_verify(purpose, &root, &intermediates, &leaf)
+                .unwrap_or_else(|e| panic!("{key:?} {purpose}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Properties the fuzz targets assert, shared with the tests that replay their corpus.
+//!
+//! Each function takes arbitrary bytes and panics if, and only if, a property is violated.
+
+use crate::{SpiffeId, TrustDomain};
+
+/// Asserts the parse properties of [`SpiffeId`] on arbitrary input.
+///
+/// For UTF-8 input, [`SpiffeId::new`] must accept exactly what an independent, deliberately
+/// simple reading of the SPIFFE-ID rules accepts. When it does accept:
+/// - the ID displays as the input, byte for byte, and re-parses to an equal value;
+/// - the input is at most 2048 bytes;
+/// - its trust domain parses on its own and the ID is a member of it;
+/// - its path obeys the path rules (checked here without the parser);
+/// - [`SpiffeId::from_path`] and [`SpiffeId::from_segments`] rebuild the same ID.
+///
+/// # Panics
+///
+/// When any of those properties fails; never otherwise.
+pub fn spiffe_id_round_trip(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let parsed = SpiffeId::new(text);
+    assert_eq!(
+        parsed.is_ok(),
+        reference_accepts(text),
+        "parser and reference disagree on {text:?}: {parsed:?}"
+    );
+    let Ok(id) = parsed else {
+        return;
+    };
+
+    let shown = id.to_string();
+    assert_eq!(shown, text, "display does not round-trip");
+    assert_eq!(id.as_str(), text);
+    match SpiffeId::new(&shown) {
+        Ok(again) => assert_eq!(again, id, "re-parse gives a different value"),
+        Err(e) => panic!("displayed ID {shown:?} does not re-parse: {e}"),
+    }
+    assert!(text.len() <= 2048, "accepted {} bytes", text.len());
+
+    let td = match TrustDomain::new(id.trust_domain().as_str()) {
+        Ok(td) => td,
+        Err(e) => panic!("trust domain of {text:?} does not parse alone: {e}"),
+    };
+    assert!(id.is_member_of(&td), "{text:?} is not a member of {td}");
+    assert!(trust_domain_ok(td.as_str()), "bad trust domain {td}");
+
+    let path = id.path();
+    assert!(path_ok(path), "bad path {path:?}");
+    assert_eq!(id.is_trust_domain_id(), path.is_empty());
+    assert_eq!(format!("spiffe://{td}{path}"), text);
+
+    assert_eq!(SpiffeId::from_path(&td, path).as_ref(), Ok(&id));
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    assert_eq!(SpiffeId::from_segments(&td, &segments).as_ref(), Ok(&id));
+}
+
+/// The SPIFFE-ID rules, written as plainly as possible to cross-check the parser.
+fn reference_accepts(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let (td, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    text.len() <= 2048 && trust_domain_ok(td) && path_ok(path)
+}
+
+fn trust_domain_ok(td: &str) -> bool {
+    !td.is_empty()
+        && td.len() <= 255
+        && td
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+fn path_ok(path: &str) -> bool {
+    if path.is_empty() {
+        return true;
+    }
+    let Some(body) = path.strip_prefix('/') else {
+        return false;
+    };
+    body.split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! The contract between the Halyard CA and its node agents.
+//!
+//! This crate holds the identity types both sides share — [`TrustDomain`] and [`SpiffeId`], which
+//! can only exist valid per the SPIFFE-ID specification — the [`Ttl`] of a certificate request, and
+//! X509-SVID validation ([`validate_leaf`], [`validate_signing_cert`]). The gRPC contracts
+//! (`halyard.ca.v1`) join it with the CA server.
+
+mod spiffe_id;
+mod svid;
+mod trust_domain;
+mod ttl;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+
+pub use spiffe_id::{SpiffeId, SpiffeIdError};
+pub use svid::{SigningCert, SvidError, X509Svid, validate_leaf, validate_signing_cert};
+pub use trust_domain::TrustDomain;
+pub use ttl::{Ttl, TtlError};
