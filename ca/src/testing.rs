@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use halyard_proto::{TrustDomain, Ttl};
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, IsCa, KeyPair,
+    CertificateParams, CustomExtension, DistinguishedName, IsCa, KeyPair,
     PublicKeyData, SanType, SignatureAlgorithm, SigningKey,
 };
 
@@ -234,21 +234,6 @@ pub fn self_signed_leaf(id: &str) -> Vec<u8> {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
     params.is_ca = IsCa::ExplicitNoCa;
-    params
-        .self_signed(&KeyPair::generate().unwrap())
-        .unwrap()
-        .der()
-        .to_vec()
-}
-
-/// A self-signed CA certificate for `trust_domain` over a fresh key (not Halyard's profile).
-pub fn foreign_root(trust_domain: &str) -> Vec<u8> {
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{trust_domain}").as_str().try_into().unwrap(),
-    )];
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
     params
         .self_signed(&KeyPair::generate().unwrap())
         .unwrap()

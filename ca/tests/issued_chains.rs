@@ -1,6 +1,8 @@
 //! Every certificate the signing core issues verifies with independent verifiers (webpki, and
 //! OpenSSL in strict mode) and satisfies every rule of the certificate profile.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::SystemTime;
 
 use halyard_ca::authority::{Csr, Grant, KeyPolicy};

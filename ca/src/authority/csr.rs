@@ -62,6 +62,14 @@ pub enum CsrError {
     /// DER that is not a PKCS#10 request.
     #[error("CSR is not a DER PKCS#10 certification request: {0}")]
     Malformed(String),
+    /// DER that ends before its outer length says it should.
+    #[error("CSR is truncated: its DER header announces {announced} bytes but only {available} follow")]
+    Truncated {
+        /// Content length the header announces.
+        announced: usize,
+        /// Bytes actually present after the header.
+        available: usize,
+    },
     /// Bytes after the request.
     #[error("{0} bytes follow the CSR")]
     TrailingData(usize),
@@ -118,6 +126,7 @@ impl Csr {
     }
 
     fn from_der(der: &[u8], keys: &KeyPolicy) -> Result<Csr, CsrError> {
+        check_not_truncated(der)?;
         let (rest, csr) = X509CertificationRequest::from_der(der)
             .map_err(|e| CsrError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
@@ -204,6 +213,21 @@ impl Csr {
     pub fn common_name(&self) -> Option<&str> {
         self.common_name.as_deref()
     }
+}
+
+/// Tells a cut-off request from a malformed one by its outer header's length.
+fn check_not_truncated(der: &[u8]) -> Result<(), CsrError> {
+    use x509_parser::der_parser::ber::Length;
+    if let Ok((rest, header)) = x509_parser::der_parser::der::der_read_element_header(der)
+        && let Length::Definite(announced) = header.length()
+        && announced > rest.len()
+    {
+        return Err(CsrError::Truncated {
+            announced,
+            available: rest.len(),
+        });
+    }
+    Ok(())
 }
 
 fn pem_to_der(bytes: &[u8]) -> Result<Vec<u8>, CsrError> {
