@@ -11,6 +11,7 @@ mod policy;
 mod profile;
 mod root;
 mod serial;
+mod signer;
 
 pub use chain::{ChainError, verify_chain};
 pub use csr::{Csr, CsrError, MAX_CSR_BYTES, PublicKeyKind};
@@ -19,6 +20,7 @@ pub use key::{KeyError, KeyType, PrivateKey};
 pub use policy::{Grant, KeyPolicy, Policy};
 pub use root::{RootCa, RootError, rfc3339};
 pub use serial::{Serial, SerialError};
+pub use signer::CaCertError;
 
 /// Certificates parsed from PEM text, in order, as DER.
 pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {

@@ -91,7 +91,9 @@ pub enum CeremonyError {
     #[error("{0} already exists; refusing to replace it")]
     AlreadyExists(PathBuf),
     /// A data directory without an intermediate.
-    #[error("{0} does not exist: run `halyard-ca intermediate csr` and `intermediate import` first")]
+    #[error(
+        "{0} does not exist: run `halyard-ca intermediate csr` and `intermediate import` first"
+    )]
     NoIntermediate(PathBuf),
     /// The signer refused the request.
     #[error(transparent)]
@@ -118,7 +120,11 @@ pub fn root_init(
             source,
         }
     })?;
-    files::write_secret(&dir.key(), root.key().to_pkcs8_pem().as_bytes(), Overwrite::Refuse)?;
+    files::write_secret(
+        &dir.key(),
+        root.key().to_pkcs8_pem().as_bytes(),
+        Overwrite::Refuse,
+    )?;
     let pem = authority::certs_to_pem([root.cert_der()]);
     files::write_public(&dir.cert(), pem.as_bytes(), Overwrite::Refuse)?;
     Ok(root)
@@ -222,7 +228,11 @@ pub fn intermediate_import(
     let bundle_pem = authority::certs_to_pem(roots.iter().map(Vec::as_slice));
     // The bundle first: an intermediate.crt without its bundle would be unusable.
     files::write_public(&data.bundle(), bundle_pem.as_bytes(), Overwrite::Allow)?;
-    files::write_public(&data.intermediate_cert(), chain_pem.as_bytes(), Overwrite::Allow)?;
+    files::write_public(
+        &data.intermediate_cert(),
+        chain_pem.as_bytes(),
+        Overwrite::Allow,
+    )?;
     Ok(authority)
 }
 
@@ -239,12 +249,11 @@ pub fn load_authority(
     let key = read_key(&data.intermediate_key())?;
     let chain = read_certs(&cert_path)?;
     let roots = read_certs(&data.bundle())?;
-    let authority = Authority::new(key, chain, policy).map_err(|source| {
-        CeremonyError::Intermediate {
+    let authority =
+        Authority::new(key, chain, policy).map_err(|source| CeremonyError::Intermediate {
             path: cert_path.clone(),
             source,
-        }
-    })?;
+        })?;
     authority::verify_chain(authority.chain(), &roots, now).map_err(|source| {
         CeremonyError::Chain {
             path: cert_path,
@@ -295,6 +304,3 @@ fn read_csr(path: &Path, keys: &KeyPolicy) -> Result<Csr, CeremonyError> {
         source,
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -139,8 +139,9 @@ impl Cli {
                 ttl,
             }) => {
                 let dir = RootDir::new(dir);
-                let root = ceremony::root_init(&dir, &trust_domain, key_type_of(&key_type)?, ttl, now)
-                    .map_err(|e| e.to_string())?;
+                let root =
+                    ceremony::root_init(&dir, &trust_domain, key_type_of(&key_type)?, ttl, now)
+                        .map_err(|e| e.to_string())?;
                 println!(
                     "created root for {} ({}): {} and {} (keep the key offline)",
                     root.trust_domain(),
@@ -161,12 +162,21 @@ impl Cli {
                 key_type,
             }) => {
                 let data = DataDir::new(data_dir);
-                let reused =
-                    ceremony::intermediate_csr(&data, &trust_domain, key_type_of(&key_type)?, &out, now)
-                        .map_err(|e| e.to_string())?;
+                let reused = ceremony::intermediate_csr(
+                    &data,
+                    &trust_domain,
+                    key_type_of(&key_type)?,
+                    &out,
+                    now,
+                )
+                .map_err(|e| e.to_string())?;
                 let key = data.intermediate_key();
                 if reused {
-                    println!("reused the existing key {}; wrote CSR {}", key.display(), out.display());
+                    println!(
+                        "reused the existing key {}; wrote CSR {}",
+                        key.display(),
+                        out.display()
+                    );
                 } else {
                     println!("created key {}; wrote CSR {}", key.display(), out.display());
                 }
@@ -214,5 +224,6 @@ impl Cli {
 }
 
 fn key_type_of(name: &str) -> Result<KeyType, String> {
-    name.parse().map_err(|e: crate::authority::KeyError| e.to_string())
+    name.parse()
+        .map_err(|e: crate::authority::KeyError| e.to_string())
 }

@@ -120,7 +120,10 @@ fn write_atomic(
     }
     tmp.as_file().sync_all().map_err(write_err)?;
     match overwrite {
-        Overwrite::Allow => tmp.persist(path).map(drop).map_err(|e| write_err(e.error))?,
+        Overwrite::Allow => tmp
+            .persist(path)
+            .map(drop)
+            .map_err(|e| write_err(e.error))?,
         Overwrite::Refuse => match tmp.persist_noclobber(path) {
             Ok(_) => {}
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {

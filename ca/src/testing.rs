@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use halyard_proto::{TrustDomain, Ttl};
 use rcgen::{
-    CertificateParams, CustomExtension, DistinguishedName, IsCa, KeyPair,
-    PublicKeyData, SanType, SignatureAlgorithm, SigningKey,
+    CertificateParams, CustomExtension, DistinguishedName, IsCa, KeyPair, PublicKeyData, SanType,
+    SignatureAlgorithm, SigningKey,
 };
 
 use crate::authority::{Authority, KeyType, Policy, PrivateKey, RootCa};
@@ -54,11 +54,8 @@ impl TestPki {
 pub fn intermediate_for(root: &RootCa, ttl: Ttl, now: SystemTime) -> (PrivateKey, Vec<u8>) {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let csr = crate::authority::intermediate_csr(root.trust_domain(), &key, now).unwrap();
-    let csr = crate::authority::Csr::parse(
-        csr.as_bytes(),
-        &crate::authority::KeyPolicy::for_ca(),
-    )
-    .unwrap();
+    let csr = crate::authority::Csr::parse(csr.as_bytes(), &crate::authority::KeyPolicy::for_ca())
+        .unwrap();
     let cert = root.sign_intermediate(&csr, ttl, now).unwrap();
     (key, cert)
 }
@@ -206,7 +203,12 @@ impl RsaTestKey {
     pub fn generate(bits: usize) -> RsaTestKey {
         use rsa::pkcs1::EncodeRsaPublicKey;
         let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).unwrap();
-        let public_der = key.to_public_key().to_pkcs1_der().unwrap().as_bytes().to_vec();
+        let public_der = key
+            .to_public_key()
+            .to_pkcs1_der()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         RsaTestKey { key, public_der }
     }
 }

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use halyard_ca::authority::{
-    Csr, Grant, KeyPolicy, KeyType, MAX_CSR_BYTES, Policy, certs_to_pem,
-};
+use halyard_ca::authority::{Csr, Grant, KeyPolicy, KeyType, MAX_CSR_BYTES, Policy, certs_to_pem};
 use halyard_ca::ceremony::{self, CeremonyError, DataDir, RootDir};
 use halyard_ca::testing::{CsrSpec, TestKey, self_signed_leaf, shifted, ttl};
 use halyard_proto::{SpiffeId, TrustDomain};
@@ -80,7 +78,10 @@ impl Fixture {
         let err = ceremony::intermediate_import(&data, &cert, &root, now)
             .expect_err("must be refused")
             .to_string();
-        assert!(!data.intermediate_cert().exists(), "refused import wrote intermediate.crt");
+        assert!(
+            !data.intermediate_cert().exists(),
+            "refused import wrote intermediate.crt"
+        );
         assert!(!data.bundle().exists(), "refused import wrote bundle.pem");
         err
     }
@@ -117,128 +118,411 @@ type Case = (&'static str, fn(&Fixture) -> String, &'static str);
 
 const CASES: &[Case] = &[
     // --- CSR bytes ---
-    ("bad CSR signature", |f| f.sign(flip_last_byte(CsrSpec::for_id(ID).der())),
-        "CSR signature does not verify with its own public key"),
-    ("garbage DER", |f| f.sign(b"\x30\x03\x02\x01\x05"), "CSR is not a DER PKCS#10 certification request"),
-    ("truncated DER", |f| { let d = CsrSpec::for_id(ID).der(); f.sign(&d[..d.len() / 2]) },
-        "CSR is truncated: its DER header announces "),
-    ("trailing bytes after DER", |f| { let mut d = CsrSpec::for_id(ID).der(); d.push(0); f.sign(d) },
-        "1 bytes follow the CSR"),
-    ("garbage PEM", |f| f.sign("-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n"),
-        "CSR PEM is malformed"),
-    ("truncated PEM", |f| { let p = pem_csr(&CsrSpec::for_id(ID)); f.sign(&p[..p.len() / 2]) },
-        "CSR PEM is malformed: "),
-    ("PEM of the wrong kind", |f| f.sign(f.root_pem()), "block is \"CERTIFICATE\", expected \"CERTIFICATE REQUEST\""),
-    ("two PEM CSRs", |f| { let p = pem_csr(&CsrSpec::for_id(ID)); f.sign(format!("{p}{p}")) },
-        "2 PEM blocks found, expected one"),
+    (
+        "bad CSR signature",
+        |f| f.sign(flip_last_byte(CsrSpec::for_id(ID).der())),
+        "CSR signature does not verify with its own public key",
+    ),
+    (
+        "garbage DER",
+        |f| f.sign(b"\x30\x03\x02\x01\x05"),
+        "CSR is not a DER PKCS#10 certification request",
+    ),
+    (
+        "truncated DER",
+        |f| {
+            let d = CsrSpec::for_id(ID).der();
+            f.sign(&d[..d.len() / 2])
+        },
+        "CSR is truncated: its DER header announces ",
+    ),
+    (
+        "trailing bytes after DER",
+        |f| {
+            let mut d = CsrSpec::for_id(ID).der();
+            d.push(0);
+            f.sign(d)
+        },
+        "1 bytes follow the CSR",
+    ),
+    (
+        "garbage PEM",
+        |f| {
+            f.sign("-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n")
+        },
+        "CSR PEM is malformed",
+    ),
+    (
+        "truncated PEM",
+        |f| {
+            let p = pem_csr(&CsrSpec::for_id(ID));
+            f.sign(&p[..p.len() / 2])
+        },
+        "CSR PEM is malformed: ",
+    ),
+    (
+        "PEM of the wrong kind",
+        |f| f.sign(f.root_pem()),
+        "block is \"CERTIFICATE\", expected \"CERTIFICATE REQUEST\"",
+    ),
+    (
+        "two PEM CSRs",
+        |f| {
+            let p = pem_csr(&CsrSpec::for_id(ID));
+            f.sign(format!("{p}{p}"))
+        },
+        "2 PEM blocks found, expected one",
+    ),
     ("empty CSR", |f| f.sign(b"\n"), "CSR is empty"),
-    ("oversized CSR", |f| f.sign(vec![b'A'; MAX_CSR_BYTES + 1]), "CSR is 65537 bytes; the limit is 65536"),
+    (
+        "oversized CSR",
+        |f| f.sign(vec![b'A'; MAX_CSR_BYTES + 1]),
+        "CSR is 65537 bytes; the limit is 65536",
+    ),
     // --- keys ---
-    ("RSA-1024", |f| f.sign(CsrSpec::for_id(ID).key(TestKey::Rsa(1024)).der()),
-        "CSR key RSA-1024 is not allowed: allowed keys are EC P-256, EC P-384, RSA 2048-8192 bits, Ed25519"),
-    ("unsupported curve", |f| f.sign(CsrSpec::for_id(ID).key(TestKey::EcP192).der()),
-        "CSR key EC on curve 1.2.840.10045.3.1.1 is not allowed"),
+    (
+        "RSA-1024",
+        |f| f.sign(CsrSpec::for_id(ID).key(TestKey::Rsa(1024)).der()),
+        "CSR key RSA-1024 is not allowed: allowed keys are EC P-256, EC P-384, RSA 2048-8192 bits, Ed25519",
+    ),
+    (
+        "unsupported curve",
+        |f| f.sign(CsrSpec::for_id(ID).key(TestKey::EcP192).der()),
+        "CSR key EC on curve 1.2.840.10045.3.1.1 is not allowed",
+    ),
     // --- names ---
-    ("no URI SAN", |f| f.sign(CsrSpec::for_id(ID).uris(&[]).der()),
-        "CSR has no URI SAN: it must carry the SPIFFE ID spiffe://example.org/ns/default/sa/web"),
-    ("two URI SANs", |f| f.sign(CsrSpec::for_id(ID).uris(&[ID, "spiffe://example.org/x"]).der()),
-        "CSR has 2 URI SANs; an X509-SVID carries exactly one SPIFFE ID"),
-    ("URI that is not a SPIFFE ID", |f| f.sign(CsrSpec::for_id("https://example.org/web").der()),
-        "CSR URI SAN \"https://example.org/web\" is not a SPIFFE ID"),
-    ("SPIFFE ID with a trailing slash", |f| f.sign(CsrSpec::for_id("spiffe://example.org/web/").der()),
-        "CSR URI SAN \"spiffe://example.org/web/\" is not a SPIFFE ID: "),
-    ("wrong trust domain", |f| f.sign(CsrSpec::for_id("spiffe://other.org/ns/default/sa/web").der()),
-        "SPIFFE ID spiffe://other.org/ns/default/sa/web is not in trust domain example.org"),
-    ("identity other than the authorized one", |f| f.sign(CsrSpec::for_id("spiffe://example.org/ns/default/sa/db").der()),
-        "CSR asks for spiffe://example.org/ns/default/sa/db but the caller may hold only spiffe://example.org/ns/default/sa/web"),
-    ("grant outside the trust domain", |f| f.sign_as(CsrSpec::for_id("spiffe://other.org/w").der(),
-        Grant::new(SpiffeId::new("spiffe://other.org/w").unwrap())),
-        "SPIFFE ID spiffe://other.org/w is not in trust domain example.org, which this CA serves"),
-    ("trust domain ID as a workload", |f| f.sign_as(CsrSpec::for_id("spiffe://example.org").der(),
-        Grant::new(SpiffeId::new("spiffe://example.org").unwrap())),
-        "SPIFFE ID spiffe://example.org names a trust domain; a workload ID needs a path"),
-    ("DNS name outside the grant", |f| f.sign(CsrSpec::for_id(ID).dns(&["evil.example"]).der()),
-        "DNS name \"evil.example\" is not allowed for spiffe://example.org/ns/default/sa/web"),
-    ("IP SAN", |f| f.sign(CsrSpec::for_id(ID).ip().der()),
-        "CSR asks for 1 SANs that are neither URI nor DNS"),
-    ("CSR asking for CA:true", |f| f.sign(CsrSpec::for_id(ID).ca().der()),
-        "CSR asks for a CA certificate (basic constraints cA=true)"),
+    (
+        "no URI SAN",
+        |f| f.sign(CsrSpec::for_id(ID).uris(&[]).der()),
+        "CSR has no URI SAN: it must carry the SPIFFE ID spiffe://example.org/ns/default/sa/web",
+    ),
+    (
+        "two URI SANs",
+        |f| {
+            f.sign(
+                CsrSpec::for_id(ID)
+                    .uris(&[ID, "spiffe://example.org/x"])
+                    .der(),
+            )
+        },
+        "CSR has 2 URI SANs; an X509-SVID carries exactly one SPIFFE ID",
+    ),
+    (
+        "URI that is not a SPIFFE ID",
+        |f| f.sign(CsrSpec::for_id("https://example.org/web").der()),
+        "CSR URI SAN \"https://example.org/web\" is not a SPIFFE ID",
+    ),
+    (
+        "SPIFFE ID with a trailing slash",
+        |f| f.sign(CsrSpec::for_id("spiffe://example.org/web/").der()),
+        "CSR URI SAN \"spiffe://example.org/web/\" is not a SPIFFE ID: ",
+    ),
+    (
+        "wrong trust domain",
+        |f| f.sign(CsrSpec::for_id("spiffe://other.org/ns/default/sa/web").der()),
+        "SPIFFE ID spiffe://other.org/ns/default/sa/web is not in trust domain example.org",
+    ),
+    (
+        "identity other than the authorized one",
+        |f| f.sign(CsrSpec::for_id("spiffe://example.org/ns/default/sa/db").der()),
+        "CSR asks for spiffe://example.org/ns/default/sa/db but the caller may hold only spiffe://example.org/ns/default/sa/web",
+    ),
+    (
+        "grant outside the trust domain",
+        |f| {
+            f.sign_as(
+                CsrSpec::for_id("spiffe://other.org/w").der(),
+                Grant::new(SpiffeId::new("spiffe://other.org/w").unwrap()),
+            )
+        },
+        "SPIFFE ID spiffe://other.org/w is not in trust domain example.org, which this CA serves",
+    ),
+    (
+        "trust domain ID as a workload",
+        |f| {
+            f.sign_as(
+                CsrSpec::for_id("spiffe://example.org").der(),
+                Grant::new(SpiffeId::new("spiffe://example.org").unwrap()),
+            )
+        },
+        "SPIFFE ID spiffe://example.org names a trust domain; a workload ID needs a path",
+    ),
+    (
+        "DNS name outside the grant",
+        |f| f.sign(CsrSpec::for_id(ID).dns(&["evil.example"]).der()),
+        "DNS name \"evil.example\" is not allowed for spiffe://example.org/ns/default/sa/web",
+    ),
+    (
+        "IP SAN",
+        |f| f.sign(CsrSpec::for_id(ID).ip().der()),
+        "CSR asks for 1 SANs that are neither URI nor DNS",
+    ),
+    (
+        "CSR asking for CA:true",
+        |f| f.sign(CsrSpec::for_id(ID).ca().der()),
+        "CSR asks for a CA certificate (basic constraints cA=true)",
+    ),
     // --- key and certificate files ---
-    ("world-readable key file", |f| {
-        fs::set_permissions(f.data.intermediate_key(), fs::Permissions::from_mode(0o644)).unwrap();
-        f.sign(CsrSpec::for_id(ID).der())
-    }, "intermediate.key holds a private key but its mode is 0644: group and other must have no access"),
-    ("group-readable root key", |f| {
-        fs::set_permissions(f.root.key(), fs::Permissions::from_mode(0o640)).unwrap();
-        let csr = f.write("int2.csr", CsrSpec::for_id("spiffe://example.org").der());
-        ceremony::root_sign_intermediate(&f.root, &csr, &f.path("int2.crt"), ttl("1y"), SystemTime::now())
-            .unwrap_err().to_string()
-    }, "root.key holds a private key but its mode is 0640"),
-    ("intermediate that does not match its key", |f| {
-        let other = Fixture::new();
-        f.import(&other.intermediate_pem(), &other.root_pem(), SystemTime::now())
-    }, "intermediate certificate does not match the intermediate key: their public keys differ"),
-    ("intermediate that does not chain to the root", |f| {
-        let other = Fixture::new();
-        f.import(&f.intermediate_pem(), &other.root_pem(), SystemTime::now())
-    }, "the chain does not lead to the root: no given root issued certificate 0"),
-    ("expired intermediate", |f| {
-        let later = SystemTime::now() + Duration::from_secs(400 * 86_400);
-        f.import(&f.intermediate_pem(), &f.root_pem(), later)
-    }, "certificate 0 of the chain is expired"),
-    ("intermediate not valid yet", |f| {
-        let earlier = SystemTime::now() - Duration::from_secs(86_400);
-        f.import(&f.intermediate_pem(), &f.root_pem(), earlier)
-    }, "certificate 0 of the chain is not yet valid"),
-    ("signing with an expired intermediate", |_| {
-        let f = Fixture::starting(shifted(SystemTime::now(), -7200), "1h");
-        let policy = Policy::default();
-        let csr = Csr::parse(&CsrSpec::for_id(ID).der(), &KeyPolicy::default()).unwrap();
-        // Load while it was valid, sign after it expired.
-        let authority = ceremony::load_authority(&f.data, policy, shifted(SystemTime::now(), -5400)).unwrap();
-        authority.sign_svid(&csr, &Grant::new(SpiffeId::new(ID).unwrap()), None, SystemTime::now())
-            .unwrap_err().to_string()
-    }, "intermediate expired at "),
-    ("a leaf imported as the intermediate", |f| {
-        let leaf = certs_to_pem([self_signed_leaf(ID).as_slice()]);
-        f.import(leaf.as_bytes(), &f.root_pem(), SystemTime::now())
-    }, "intermediate certificate is not a usable CA: "),
-    ("root file that is no CA", |f| {
-        let leaf = certs_to_pem([self_signed_leaf(ID).as_slice()]);
-        f.import(&f.intermediate_pem(), leaf.as_bytes(), SystemTime::now())
-    }, "root certificate 0 cannot sign: "),
-    ("certificate file without certificates", |f| f.import(b"hello", &f.root_pem(), SystemTime::now()),
-        "import.crt: no CERTIFICATE block found"),
-    ("intermediate CSR for another trust domain", |f| {
-        let csr = f.write("int2.csr", CsrSpec::for_id("spiffe://other.org").der());
-        ceremony::root_sign_intermediate(&f.root, &csr, &f.path("int2.crt"), ttl("1y"), SystemTime::now())
-            .unwrap_err().to_string()
-    }, "intermediate CSR asks for spiffe://other.org; this root signs intermediates for spiffe://example.org only"),
-    ("intermediate CSR with an Ed25519 key", |f| {
-        let csr = f.write("int2.csr", CsrSpec::for_id("spiffe://example.org").key(TestKey::Ed25519).der());
-        ceremony::root_sign_intermediate(&f.root, &csr, &f.path("int2.crt"), ttl("1y"), SystemTime::now())
-            .unwrap_err().to_string()
-    }, "CSR key Ed25519 is not allowed: allowed keys are EC P-256, EC P-384, RSA 2048-8192 bits"),
-    ("root init over an existing root", |f| {
-        ceremony::root_init(&f.root, &TrustDomain::new(TD).unwrap(), KeyType::EcP256, ttl("1y"), SystemTime::now())
-            .unwrap_err().to_string()
-    }, "root.key already exists; refusing to replace it"),
-    ("import before a key exists", |f| {
-        let data = DataDir::new(f.path("empty"));
-        ceremony::intermediate_import(&data, &f.data.intermediate_cert(), &f.root.cert(), SystemTime::now())
-            .unwrap_err().to_string()
-    }, "intermediate.key does not exist: run `halyard-ca intermediate csr` and `intermediate import` first"),
+    (
+        "world-readable key file",
+        |f| {
+            fs::set_permissions(f.data.intermediate_key(), fs::Permissions::from_mode(0o644))
+                .unwrap();
+            f.sign(CsrSpec::for_id(ID).der())
+        },
+        "intermediate.key holds a private key but its mode is 0644: group and other must have no access",
+    ),
+    (
+        "group-readable root key",
+        |f| {
+            fs::set_permissions(f.root.key(), fs::Permissions::from_mode(0o640)).unwrap();
+            let csr = f.write("int2.csr", CsrSpec::for_id("spiffe://example.org").der());
+            ceremony::root_sign_intermediate(
+                &f.root,
+                &csr,
+                &f.path("int2.crt"),
+                ttl("1y"),
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string()
+        },
+        "root.key holds a private key but its mode is 0640",
+    ),
+    (
+        "intermediate that does not match its key",
+        |f| {
+            let other = Fixture::new();
+            f.import(
+                &other.intermediate_pem(),
+                &other.root_pem(),
+                SystemTime::now(),
+            )
+        },
+        "intermediate certificate does not match its key: their public keys differ",
+    ),
+    (
+        "intermediate that does not chain to the root",
+        |f| {
+            let other = Fixture::new();
+            f.import(&f.intermediate_pem(), &other.root_pem(), SystemTime::now())
+        },
+        "the chain does not lead to the root: no given root issued certificate 0",
+    ),
+    (
+        "expired intermediate",
+        |f| {
+            let later = SystemTime::now() + Duration::from_secs(400 * 86_400);
+            f.import(&f.intermediate_pem(), &f.root_pem(), later)
+        },
+        "certificate 0 of the chain is expired",
+    ),
+    (
+        "intermediate not valid yet",
+        |f| {
+            let earlier = SystemTime::now() - Duration::from_secs(86_400);
+            f.import(&f.intermediate_pem(), &f.root_pem(), earlier)
+        },
+        "certificate 0 of the chain is not yet valid",
+    ),
+    (
+        "signing with an expired intermediate",
+        |_| {
+            let f = Fixture::starting(shifted(SystemTime::now(), -7200), "1h");
+            let policy = Policy::default();
+            let csr = Csr::parse(&CsrSpec::for_id(ID).der(), &KeyPolicy::default()).unwrap();
+            // Load while it was valid, sign after it expired.
+            let authority =
+                ceremony::load_authority(&f.data, policy, shifted(SystemTime::now(), -5400))
+                    .unwrap();
+            authority
+                .sign_svid(
+                    &csr,
+                    &Grant::new(SpiffeId::new(ID).unwrap()),
+                    None,
+                    SystemTime::now(),
+                )
+                .unwrap_err()
+                .to_string()
+        },
+        "intermediate expired at ",
+    ),
+    (
+        "a leaf imported as the intermediate",
+        |f| {
+            let leaf = certs_to_pem([self_signed_leaf(ID).as_slice()]);
+            f.import(leaf.as_bytes(), &f.root_pem(), SystemTime::now())
+        },
+        "intermediate certificate is not a usable CA: ",
+    ),
+    (
+        "root file that is no CA",
+        |f| {
+            let leaf = certs_to_pem([self_signed_leaf(ID).as_slice()]);
+            f.import(&f.intermediate_pem(), leaf.as_bytes(), SystemTime::now())
+        },
+        "root certificate 0 cannot sign: ",
+    ),
+    (
+        "certificate file without certificates",
+        |f| f.import(b"hello", &f.root_pem(), SystemTime::now()),
+        "import.crt: no CERTIFICATE block found",
+    ),
+    (
+        "intermediate CSR for another trust domain",
+        |f| {
+            let csr = f.write("int2.csr", CsrSpec::for_id("spiffe://other.org").der());
+            ceremony::root_sign_intermediate(
+                &f.root,
+                &csr,
+                &f.path("int2.crt"),
+                ttl("1y"),
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string()
+        },
+        "intermediate CSR asks for spiffe://other.org; this root signs intermediates for spiffe://example.org only",
+    ),
+    (
+        "intermediate CSR with an Ed25519 key",
+        |f| {
+            let csr = f.write(
+                "int2.csr",
+                CsrSpec::for_id("spiffe://example.org")
+                    .key(TestKey::Ed25519)
+                    .der(),
+            );
+            ceremony::root_sign_intermediate(
+                &f.root,
+                &csr,
+                &f.path("int2.crt"),
+                ttl("1y"),
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string()
+        },
+        "CSR key Ed25519 is not allowed: allowed keys are EC P-256, EC P-384, RSA 2048-8192 bits",
+    ),
+    (
+        "root init over an existing root",
+        |f| {
+            ceremony::root_init(
+                &f.root,
+                &TrustDomain::new(TD).unwrap(),
+                KeyType::EcP256,
+                ttl("1y"),
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string()
+        },
+        "root.key already exists; refusing to replace it",
+    ),
+    (
+        "import before a key exists",
+        |f| {
+            let data = DataDir::new(f.path("empty"));
+            ceremony::intermediate_import(
+                &data,
+                &f.data.intermediate_cert(),
+                &f.root.cert(),
+                SystemTime::now(),
+            )
+            .unwrap_err()
+            .to_string()
+        },
+        "intermediate.key does not exist: run `halyard-ca intermediate csr` and `intermediate import` first",
+    ),
     // --- command line ---
-    ("TTL zero", |f| cli(&["sign", "--data-dir", &s(f.data.path()), "--csr", "x", "--spiffe-id", ID, "--out", "y", "--ttl", "0s"]),
-        "invalid value '0s' for '--ttl <TTL>': TTL must be positive"),
-    ("TTL negative", |f| cli(&["sign", "--data-dir", &s(f.data.path()), "--csr", "x", "--spiffe-id", ID, "--out", "y", "--ttl=-1h"]),
-        "invalid value '-1h' for '--ttl <TTL>': TTL \"-1h\" is not a duration"),
-    ("SPIFFE ID flag with an uppercase trust domain", |f| cli(&["sign", "--data-dir", &s(f.data.path()), "--csr", "x", "--spiffe-id", "spiffe://Example.org/w", "--out", "y"]),
-        "invalid value 'spiffe://Example.org/w' for '--spiffe-id <SPIFFE_ID>'"),
-    ("unknown key type flag", |f| cli(&["root", "init", "--trust-domain", TD, "--dir", &s(&f.path("r2")), "--key-type", "dsa"]),
-        "invalid value 'dsa' for '--key-type <KEY_TYPE>'"),
-    ("CSR file that does not exist", |f| cli(&["sign", "--data-dir", &s(f.data.path()), "--csr", &s(&f.path("missing.csr")), "--spiffe-id", ID, "--out", &s(&f.path("y"))]),
-        "halyard-ca: error: cannot read "),
+    (
+        "TTL zero",
+        |f| {
+            cli(&[
+                "sign",
+                "--data-dir",
+                &s(f.data.path()),
+                "--csr",
+                "x",
+                "--spiffe-id",
+                ID,
+                "--out",
+                "y",
+                "--ttl",
+                "0s",
+            ])
+        },
+        "invalid value '0s' for '--ttl <TTL>': TTL must be positive",
+    ),
+    (
+        "TTL negative",
+        |f| {
+            cli(&[
+                "sign",
+                "--data-dir",
+                &s(f.data.path()),
+                "--csr",
+                "x",
+                "--spiffe-id",
+                ID,
+                "--out",
+                "y",
+                "--ttl=-1h",
+            ])
+        },
+        "invalid value '-1h' for '--ttl <TTL>': TTL \"-1h\" is not a duration",
+    ),
+    (
+        "SPIFFE ID flag with an uppercase trust domain",
+        |f| {
+            cli(&[
+                "sign",
+                "--data-dir",
+                &s(f.data.path()),
+                "--csr",
+                "x",
+                "--spiffe-id",
+                "spiffe://Example.org/w",
+                "--out",
+                "y",
+            ])
+        },
+        "invalid value 'spiffe://Example.org/w' for '--spiffe-id <SPIFFE_ID>'",
+    ),
+    (
+        "unknown key type flag",
+        |f| {
+            cli(&[
+                "root",
+                "init",
+                "--trust-domain",
+                TD,
+                "--dir",
+                &s(&f.path("r2")),
+                "--key-type",
+                "dsa",
+            ])
+        },
+        "invalid value 'dsa' for '--key-type <KEY_TYPE>'",
+    ),
+    (
+        "CSR file that does not exist",
+        |f| {
+            cli(&[
+                "sign",
+                "--data-dir",
+                &s(f.data.path()),
+                "--csr",
+                &s(&f.path("missing.csr")),
+                "--spiffe-id",
+                ID,
+                "--out",
+                &s(&f.path("y")),
+            ])
+        },
+        "halyard-ca: error: cannot read ",
+    ),
 ];
 
 fn s(path: &Path) -> String {
@@ -260,13 +544,24 @@ fn every_bad_input_is_refused_with_its_own_message_and_nothing_is_damaged() {
             "{name}:\n  expected: {expected}\n  got:      {message}"
         );
         // Refusals leave every key and certificate as it was, and no temporary file behind.
-        assert_eq!(fs::read(fixture.data.intermediate_key()).unwrap(), key_before, "{name}");
-        assert_eq!(fs::read(fixture.root.key()).unwrap(), root_key_before, "{name}");
+        assert_eq!(
+            fs::read(fixture.data.intermediate_key()).unwrap(),
+            key_before,
+            "{name}"
+        );
+        assert_eq!(
+            fs::read(fixture.root.key()).unwrap(),
+            root_key_before,
+            "{name}"
+        );
         assert_eq!(fixture.intermediate_pem(), crt_before, "{name}");
         for dir in [fixture.data.path(), fixture.root.path(), fixture.dir.path()] {
             for entry in fs::read_dir(dir).unwrap() {
                 let name_of = entry.unwrap().file_name();
-                assert!(!name_of.to_string_lossy().starts_with(".halyard-"), "{name}: stray {name_of:?}");
+                assert!(
+                    !name_of.to_string_lossy().starts_with(".halyard-"),
+                    "{name}: stray {name_of:?}"
+                );
             }
         }
         messages.push(message);
@@ -274,7 +569,11 @@ fn every_bad_input_is_refused_with_its_own_message_and_nothing_is_damaged() {
     let mut unique = messages.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), messages.len(), "two cases gave the same message");
+    assert_eq!(
+        unique.len(),
+        messages.len(),
+        "two cases gave the same message"
+    );
 }
 
 #[test]
@@ -287,17 +586,27 @@ fn an_absurd_ttl_is_clamped_to_the_maximum_not_refused() {
     let svid = ceremony::sign(&f.data, &csr, &grant, Some(ttl("1000y")), &out, now).unwrap();
     let granted = svid.not_after.duration_since(now).unwrap();
     let max = Policy::default().max_ttl.as_duration();
-    assert!(granted <= max && granted > max - Duration::from_secs(2), "{granted:?}");
+    assert!(
+        granted <= max && granted > max - Duration::from_secs(2),
+        "{granted:?}"
+    );
 }
 
 #[test]
 fn a_ttl_past_the_intermediate_is_cut_at_the_intermediate() {
     let f = Fixture::starting(SystemTime::now(), "2h");
-    let authority = ceremony::load_authority(&f.data, Policy::default(), SystemTime::now()).unwrap();
+    let authority =
+        ceremony::load_authority(&f.data, Policy::default(), SystemTime::now()).unwrap();
     let csr = Csr::parse(&CsrSpec::for_id(ID).der(), &KeyPolicy::default()).unwrap();
     let grant = Grant::new(SpiffeId::new(ID).unwrap());
-    let svid = authority.sign_svid(&csr, &grant, Some(ttl("20h")), SystemTime::now()).unwrap();
+    let svid = authority
+        .sign_svid(&csr, &grant, Some(ttl("20h")), SystemTime::now())
+        .unwrap();
     assert_eq!(svid.not_after, authority.not_after());
-    let _: CeremonyError = ceremony::load_authority(&DataDir::new(f.path("none")), Policy::default(), SystemTime::now())
-        .unwrap_err();
+    let _: CeremonyError = ceremony::load_authority(
+        &DataDir::new(f.path("none")),
+        Policy::default(),
+        SystemTime::now(),
+    )
+    .unwrap_err();
 }

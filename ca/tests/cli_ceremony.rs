@@ -38,27 +38,73 @@ fn mode(path: &Path) -> u32 {
 fn ceremony(dir: &Path, root_key_type: &str) -> (String, String, String) {
     let p = |name: &str| dir.join(name).display().to_string();
     halyard_ca(&[
-        "root", "init", "--trust-domain", "example.org", "--dir", &p("root"), "--key-type",
-        root_key_type, "--ttl", "5y",
+        "root",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--dir",
+        &p("root"),
+        "--key-type",
+        root_key_type,
+        "--ttl",
+        "5y",
     ]);
     halyard_ca(&[
-        "intermediate", "csr", "--data-dir", &p("data"), "--trust-domain", "example.org", "--out",
+        "intermediate",
+        "csr",
+        "--data-dir",
+        &p("data"),
+        "--trust-domain",
+        "example.org",
+        "--out",
         &p("int.csr"),
     ]);
     halyard_ca(&[
-        "root", "sign-intermediate", "--dir", &p("root"), "--csr", &p("int.csr"), "--out",
-        &p("int.crt"), "--ttl", "30d",
+        "root",
+        "sign-intermediate",
+        "--dir",
+        &p("root"),
+        "--csr",
+        &p("int.csr"),
+        "--out",
+        &p("int.crt"),
+        "--ttl",
+        "30d",
     ]);
     halyard_ca(&[
-        "intermediate", "import", "--data-dir", &p("data"), "--cert", &p("int.crt"), "--root",
+        "intermediate",
+        "import",
+        "--data-dir",
+        &p("data"),
+        "--cert",
+        &p("int.crt"),
+        "--root",
         &p("root/root.crt"),
     ]);
-    fs::write(dir.join("w.csr"), CsrSpec::for_id(ID).dns(&["web.default.svc"]).pem()).unwrap();
+    fs::write(
+        dir.join("w.csr"),
+        CsrSpec::for_id(ID).dns(&["web.default.svc"]).pem(),
+    )
+    .unwrap();
     let printed = halyard_ca(&[
-        "sign", "--data-dir", &p("data"), "--csr", &p("w.csr"), "--spiffe-id", ID, "--dns-name",
-        "web.default.svc", "--ttl", "2h", "--out", &p("w.pem"),
+        "sign",
+        "--data-dir",
+        &p("data"),
+        "--csr",
+        &p("w.csr"),
+        "--spiffe-id",
+        ID,
+        "--dns-name",
+        "web.default.svc",
+        "--ttl",
+        "2h",
+        "--out",
+        &p("w.pem"),
     ]);
-    assert!(printed.starts_with(&format!("issued {ID} serial ")), "{printed}");
+    assert!(
+        printed.starts_with(&format!("issued {ID} serial ")),
+        "{printed}"
+    );
     (p("root/root.crt"), p("data/intermediate.crt"), p("w.pem"))
 }
 
@@ -92,7 +138,10 @@ fn the_ceremony_issues_a_chain_webpki_and_the_profile_accept() {
         let svid = halyard_proto::validate_leaf(&chain[0]).unwrap();
         assert_eq!(svid.dns_names(), ["web.default.svc"]);
         let lifetime = svid.not_after().duration_since(now).unwrap().as_secs();
-        assert!((7190..=7200).contains(&lifetime), "2h TTL granted, got {lifetime}s");
+        assert!(
+            (7190..=7200).contains(&lifetime),
+            "2h TTL granted, got {lifetime}s"
+        );
     }
 }
 
@@ -103,8 +152,13 @@ fn the_ceremony_issues_a_chain_openssl_accepts_strictly_as_client_and_server() {
         let dir = tempfile::tempdir().unwrap();
         let (root, intermediate, chain) = ceremony(dir.path(), root_key_type);
         for purpose in ["sslclient", "sslserver"] {
-            openssl_verify(purpose, Path::new(&root), Path::new(&intermediate), Path::new(&chain))
-                .unwrap_or_else(|e| panic!("{root_key_type} {purpose}: {e}"));
+            openssl_verify(
+                purpose,
+                Path::new(&root),
+                Path::new(&intermediate),
+                Path::new(&chain),
+            )
+            .unwrap_or_else(|e| panic!("{root_key_type} {purpose}: {e}"));
         }
     }
 }
@@ -123,5 +177,8 @@ fn openssl_refuses_the_chain_under_another_root() {
         Path::new(&chain),
     )
     .unwrap_err();
-    assert!(err.contains("unable to get") || err.contains("signature failure"), "{err}");
+    assert!(
+        err.contains("unable to get") || err.contains("signature failure"),
+        "{err}"
+    );
 }

@@ -99,7 +99,11 @@ fn openssl_strict_accepts_every_key_type_for_client_and_server() {
     for key in KEYS {
         let svid = issue(&pki, key);
         let leaf = dir.path().join("leaf.pem");
-        std::fs::write(&leaf, halyard_ca::authority::certs_to_pem([svid.leaf.as_slice()])).unwrap();
+        std::fs::write(
+            &leaf,
+            halyard_ca::authority::certs_to_pem([svid.leaf.as_slice()]),
+        )
+        .unwrap();
         for purpose in ["sslclient", "sslserver"] {
             openssl_verify(purpose, &root, &intermediates, &leaf)
                 .unwrap_or_else(|e| panic!("{key:?} {purpose}: {e}"));

@@ -4,6 +4,20 @@
 //! can only exist valid per the SPIFFE-ID specification — the [`Ttl`] of a certificate request, and
 //! X509-SVID validation ([`validate_leaf`], [`validate_signing_cert`]). The gRPC contracts
 //! (`halyard.ca.v1`) join it with the CA server.
+//!
+//! ```
+//! use halyard_proto::{SpiffeId, TrustDomain};
+//!
+//! let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/web".parse()?;
+//! assert_eq!(id.trust_domain(), &TrustDomain::new("cluster.local")?);
+//! assert_eq!(id.path(), "/ns/default/sa/web");
+//! assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/web");
+//!
+//! // Only valid IDs can exist: every rule of the SPIFFE-ID spec is checked on parse.
+//! assert!("spiffe://Cluster.local/web".parse::<SpiffeId>().is_err());
+//! assert!("spiffe://cluster.local/web/".parse::<SpiffeId>().is_err());
+//! # Ok::<(), halyard_proto::SpiffeIdError>(())
+//! ```
 
 mod spiffe_id;
 mod svid;

@@ -122,7 +122,9 @@ pub enum SvidError {
     #[error("leaf SPIFFE ID {0} names a trust domain, not a workload: it needs a path")]
     LeafIdWithoutPath(SpiffeId),
     /// A signing certificate whose SPIFFE ID has a path.
-    #[error("signing certificate SPIFFE ID {0} has a path; a CA's URI SAN is spiffe://<trust domain>")]
+    #[error(
+        "signing certificate SPIFFE ID {0} has a path; a CA's URI SAN is spiffe://<trust domain>"
+    )]
     SigningIdWithPath(SpiffeId),
     /// The subject is empty and the SAN extension is not critical (RFC 5280 4.2.1.6).
     #[error("subject is empty but the subject alternative name extension is not critical")]

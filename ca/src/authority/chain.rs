@@ -95,9 +95,7 @@ pub fn verify_chain(
     let certs = chain
         .iter()
         .enumerate()
-        .map(|(index, der)| {
-            parse(der).map_err(|reason| ChainError::Malformed { index, reason })
-        })
+        .map(|(index, der)| parse(der).map_err(|reason| ChainError::Malformed { index, reason }))
         .collect::<Result<Vec<_>, _>>()?;
     let root_certs = roots
         .iter()

@@ -63,7 +63,9 @@ pub enum CsrError {
     #[error("CSR is not a DER PKCS#10 certification request: {0}")]
     Malformed(String),
     /// DER that ends before its outer length says it should.
-    #[error("CSR is truncated: its DER header announces {announced} bytes but only {available} follow")]
+    #[error(
+        "CSR is truncated: its DER header announces {announced} bytes but only {available} follow"
+    )]
     Truncated {
         /// Content length the header announces.
         announced: usize,
@@ -248,9 +250,7 @@ fn pem_to_der(bytes: &[u8]) -> Result<Vec<u8>, CsrError> {
     }
 }
 
-fn classify(
-    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
-) -> Result<PublicKeyKind, CsrError> {
+fn classify(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<PublicKeyKind, CsrError> {
     let alg = &spki.algorithm.algorithm;
     if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = spki

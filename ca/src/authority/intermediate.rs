@@ -2,10 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use halyard_proto::{SpiffeId, SpiffeIdError, SvidError, TrustDomain, Ttl, validate_signing_cert};
+use halyard_proto::{SpiffeId, SpiffeIdError, TrustDomain, Ttl};
 use rcgen::Issuer;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::prelude::FromDer;
 
 use super::csr::{Csr, PublicKeyKind};
 use super::key::PrivateKey;
@@ -13,6 +11,7 @@ use super::policy::{Grant, Policy};
 use super::profile::{self, Validity};
 use super::root::rfc3339;
 use super::serial::Serial;
+use super::signer::{CaCertError, ca_signer};
 
 /// Why an intermediate cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -21,18 +20,9 @@ pub enum AuthorityError {
     /// No certificate was given.
     #[error("no intermediate certificate was given")]
     NoCertificate,
-    /// The certificate breaks a rule for signing certificates.
-    #[error("intermediate certificate is not a usable CA: {0}")]
-    NotACa(SvidError),
-    /// The certificate names no trust domain.
-    #[error("intermediate certificate names no trust domain: it has no spiffe://<trust domain> URI SAN")]
-    NoTrustDomain,
-    /// The key does not belong to the certificate.
-    #[error("intermediate certificate does not match the intermediate key: their public keys differ")]
-    KeyMismatch,
-    /// The signer could not be set up.
-    #[error("cannot sign with the intermediate: {0}")]
-    Signer(String),
+    /// The certificate and key cannot sign.
+    #[error("intermediate certificate {0}")]
+    Cert(#[from] CaCertError),
 }
 
 /// Why a workload certificate was not issued.
@@ -40,7 +30,9 @@ pub enum AuthorityError {
 #[non_exhaustive]
 pub enum SignError {
     /// The CSR asks for a CA certificate.
-    #[error("CSR asks for a CA certificate (basic constraints cA=true); workload certificates are never CAs")]
+    #[error(
+        "CSR asks for a CA certificate (basic constraints cA=true); workload certificates are never CAs"
+    )]
     CaRequested,
     /// The CSR carries no URI SAN.
     #[error("CSR has no URI SAN: it must carry the SPIFFE ID {0}")]
@@ -92,7 +84,9 @@ pub enum SignError {
         max: usize,
     },
     /// SANs other than URI and DNS.
-    #[error("CSR asks for {0} SANs that are neither URI nor DNS (IP, email, …); only URI and DNS SANs are issued")]
+    #[error(
+        "CSR asks for {0} SANs that are neither URI nor DNS (IP, email, …); only URI and DNS SANs are issued"
+    )]
     OtherSans(usize),
     /// The intermediate has expired.
     #[error("intermediate expired at {0}; it can sign nothing until a new one is imported")]
@@ -156,16 +150,7 @@ impl Authority {
         policy: Policy,
     ) -> Result<Authority, AuthorityError> {
         let cert = chain.first().ok_or(AuthorityError::NoCertificate)?;
-        let info = validate_signing_cert(cert).map_err(AuthorityError::NotACa)?;
-        let trust_domain = info
-            .trust_domain()
-            .cloned()
-            .ok_or(AuthorityError::NoTrustDomain)?;
-        if spki_of(cert).as_deref() != Some(&key.public_key_spki()[..]) {
-            return Err(AuthorityError::KeyMismatch);
-        }
-        let issuer = Issuer::from_ca_cert_der(&cert.as_slice().into(), key)
-            .map_err(|e| AuthorityError::Signer(e.to_string()))?;
+        let (issuer, info, trust_domain) = ca_signer(key, cert)?;
         Ok(Authority {
             issuer,
             trust_domain,
@@ -257,7 +242,11 @@ impl Authority {
         if csr.other_names() > 0 {
             return Err(SignError::OtherSans(csr.other_names()));
         }
-        if let Some(name) = csr.dns_names().iter().find(|n| !grant.dns_names.contains(n)) {
+        if let Some(name) = csr
+            .dns_names()
+            .iter()
+            .find(|n| !grant.dns_names.contains(n))
+        {
             return Err(SignError::DnsNameNotAllowed {
                 name: name.clone(),
                 id: authorized.clone(),
@@ -302,14 +291,7 @@ pub fn intermediate_csr(
     profile::intermediate_request(trust_domain, now)
         .and_then(|params| params.serialize_request(key))
         .and_then(|csr| csr.pem())
-        .map_err(|e| AuthorityError::Signer(e.to_string()))
-}
-
-/// The DER SubjectPublicKeyInfo of a certificate.
-pub(crate) fn spki_of(cert: &[u8]) -> Option<Vec<u8>> {
-    X509Certificate::from_der(cert)
-        .ok()
-        .map(|(_, cert)| cert.public_key().raw.to_vec())
+        .map_err(|e| AuthorityError::Cert(CaCertError::Signer(e.to_string())))
 }
 
 fn truncate_to_secs(time: SystemTime) -> SystemTime {

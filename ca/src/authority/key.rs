@@ -91,16 +91,17 @@ impl PrivateKey {
     pub fn generate(key_type: KeyType) -> Result<PrivateKey, KeyError> {
         let generate_err = |reason: String| KeyError::Generate { key_type, reason };
         let pair = match key_type {
-            KeyType::EcP256 | KeyType::EcP384 => {
-                KeyPair::generate_for(key_type.algorithm()).map_err(|e| generate_err(e.to_string()))?
-            }
+            KeyType::EcP256 | KeyType::EcP384 => KeyPair::generate_for(key_type.algorithm())
+                .map_err(|e| generate_err(e.to_string()))?,
             // ring signs with RSA but cannot generate RSA keys.
             KeyType::Rsa3072 => {
                 use rsa::pkcs8::EncodePrivateKey;
                 let mut rng = rsa::rand_core::OsRng;
                 let key = rsa::RsaPrivateKey::new(&mut rng, 3072)
                     .map_err(|e| generate_err(e.to_string()))?;
-                let der = key.to_pkcs8_der().map_err(|e| generate_err(e.to_string()))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| generate_err(e.to_string()))?;
                 let der = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
                 KeyPair::from_pkcs8_der_and_sign_algo(&der, key_type.algorithm())
                     .map_err(|e| generate_err(e.to_string()))?
@@ -208,6 +209,9 @@ mod tests {
             PrivateKey::from_pkcs8_pem(cert_like),
             Err(KeyError::Unsupported(_))
         ));
-        assert!(matches!("dsa".parse::<KeyType>(), Err(KeyError::UnknownType(_))));
+        assert!(matches!(
+            "dsa".parse::<KeyType>(),
+            Err(KeyError::UnknownType(_))
+        ));
     }
 }

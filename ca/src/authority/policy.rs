@@ -165,7 +165,11 @@ mod tests {
             "CSR key RSA-1024 is not allowed: allowed keys are EC P-256, EC P-384, RSA 2048-8192 bits, Ed25519"
         );
         assert!(policy.check(&PublicKeyKind::Rsa(16384)).is_err());
-        assert!(policy.check(&PublicKeyKind::EcOther("1.3.132.0.10".into())).is_err());
+        assert!(
+            policy
+                .check(&PublicKeyKind::EcOther("1.3.132.0.10".into()))
+                .is_err()
+        );
         assert!(KeyPolicy::for_ca().check(&PublicKeyKind::Ed25519).is_err());
     }
 }

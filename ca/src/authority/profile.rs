@@ -59,8 +59,7 @@ pub(crate) fn intermediate_request(
 ) -> Result<CertificateParams, rcgen::Error> {
     let stamp = OffsetDateTime::from(now).unix_timestamp();
     let mut params = CertificateParams::default();
-    params.distinguished_name =
-        ca_name(&format!("Halyard intermediate CA {trust_domain} {stamp}"));
+    params.distinguished_name = ca_name(&format!("Halyard intermediate CA {trust_domain} {stamp}"));
     params.subject_alt_names = vec![SanType::URI(trust_domain.id().as_str().try_into()?)];
     Ok(params)
 }
@@ -76,16 +75,15 @@ pub(crate) fn leaf(
 ) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = std::iter::once(Ok(SanType::URI(
-        grant.spiffe_id.as_str().try_into()?,
-    )))
-    .chain(
-        grant
-            .dns_names
-            .iter()
-            .map(|dns| Ok(SanType::DnsName(dns.as_str().try_into()?))),
-    )
-    .collect::<Result<_, rcgen::Error>>()?;
+    params.subject_alt_names =
+        std::iter::once(Ok(SanType::URI(grant.spiffe_id.as_str().try_into()?)))
+            .chain(
+                grant
+                    .dns_names
+                    .iter()
+                    .map(|dns| Ok(SanType::DnsName(dns.as_str().try_into()?))),
+            )
+            .collect::<Result<_, rcgen::Error>>()?;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if rsa {

@@ -2,13 +2,14 @@
 
 use std::time::{Duration, SystemTime};
 
-use halyard_proto::{SpiffeId, SvidError, TrustDomain, Ttl, validate_signing_cert};
+use halyard_proto::{SpiffeId, TrustDomain, Ttl};
 use rcgen::Issuer;
 
 use super::csr::Csr;
 use super::key::{KeyError, KeyType, PrivateKey};
 use super::profile::{self, Validity};
 use super::serial::Serial;
+use super::signer::{CaCertError, ca_signer};
 
 /// How far an intermediate's notBefore is backdated, for clocks that run behind.
 const CA_BACKDATE: Duration = Duration::from_secs(300);
@@ -20,18 +21,12 @@ pub enum RootError {
     /// The key could not be made or read.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The root certificate breaks a rule for signing certificates.
-    #[error("root certificate is not a usable CA: {0}")]
-    NotACa(SvidError),
+    /// The root certificate and key cannot sign.
+    #[error("root certificate {0}")]
+    Cert(#[from] CaCertError),
     /// The root certificate is not self-signed.
     #[error("root certificate is not self-issued: its issuer differs from its subject")]
     NotSelfIssued,
-    /// The root certificate has no `spiffe://<td>` URI SAN.
-    #[error("root certificate names no trust domain: it has no spiffe://<trust domain> URI SAN")]
-    NoTrustDomain,
-    /// The key does not belong to the certificate.
-    #[error("root key does not match the root certificate's public key")]
-    KeyMismatch,
     /// The root has expired.
     #[error("root certificate expired at {0}")]
     Expired(String),
@@ -87,16 +82,10 @@ impl RootCa {
     /// A root from its key and certificate, after checking that they belong together and that the
     /// certificate is a self-issued CA naming its trust domain.
     pub fn load(key: PrivateKey, cert: Vec<u8>) -> Result<RootCa, RootError> {
-        let info = validate_signing_cert(&cert).map_err(RootError::NotACa)?;
+        let (issuer, info, trust_domain) = ca_signer(key, &cert)?;
         if !info.is_self_issued() {
             return Err(RootError::NotSelfIssued);
         }
-        let trust_domain = info.trust_domain().cloned().ok_or(RootError::NoTrustDomain)?;
-        if super::intermediate::spki_of(&cert).as_deref() != Some(&key.public_key_spki()[..]) {
-            return Err(RootError::KeyMismatch);
-        }
-        let issuer = Issuer::from_ca_cert_der(&cert.as_slice().into(), key)
-            .map_err(|e| RootError::Sign(e.to_string()))?;
         Ok(RootCa {
             issuer,
             cert,
@@ -139,9 +128,10 @@ impl RootCa {
             not_before: now - CA_BACKDATE,
             not_after: (now + ttl.as_duration()).min(self.not_after),
         };
-        let name = csr
-            .common_name()
-            .map_or_else(|| format!("Halyard intermediate CA {}", self.trust_domain), str::to_owned);
+        let name = csr.common_name().map_or_else(
+            || format!("Halyard intermediate CA {}", self.trust_domain),
+            str::to_owned,
+        );
         let params = profile::intermediate(&self.trust_domain, &name, &serial, validity)
             .map_err(|e| RootError::Sign(e.to_string()))?;
         let spki = rcgen::SubjectPublicKeyInfo::from_der(csr.spki())

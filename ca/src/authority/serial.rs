@@ -41,7 +41,10 @@ impl Serial {
 
     /// A serial from big-endian bytes of a positive integer (leading zeros are dropped).
     pub fn from_be_bytes(bytes: &[u8]) -> Result<Serial, SerialError> {
-        let start = bytes.iter().position(|b| *b != 0).ok_or(SerialError::Zero)?;
+        let start = bytes
+            .iter()
+            .position(|b| *b != 0)
+            .ok_or(SerialError::Zero)?;
         let trimmed = &bytes[start..];
         // A DER INTEGER of 20 bytes may need a 21st, a leading zero, when its top bit is set.
         let encoded = trimmed.len() + usize::from(trimmed[0] & 0x80 != 0);
@@ -84,7 +87,11 @@ impl FromStr for Serial {
         if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(not_hex());
         }
-        let padded = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex };
+        let padded = if hex.len() % 2 == 1 {
+            format!("0{hex}")
+        } else {
+            hex
+        };
         let bytes = (0..padded.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).map_err(|_| not_hex()))
@@ -117,9 +124,15 @@ mod tests {
     #[test]
     fn refuses_zero_garbage_and_overlong() {
         assert_eq!("00".parse::<Serial>(), Err(SerialError::Zero));
-        assert!(matches!("xyz".parse::<Serial>(), Err(SerialError::NotHex(_))));
+        assert!(matches!(
+            "xyz".parse::<Serial>(),
+            Err(SerialError::NotHex(_))
+        ));
         assert!(matches!("".parse::<Serial>(), Err(SerialError::NotHex(_))));
-        assert_eq!(Serial::from_be_bytes(&[0x80; 20]), Err(SerialError::TooLong(21)));
+        assert_eq!(
+            Serial::from_be_bytes(&[0x80; 20]),
+            Err(SerialError::TooLong(21))
+        );
         assert!(Serial::from_be_bytes(&[0x7f; 20]).is_ok());
     }
 }

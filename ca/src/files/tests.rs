@@ -55,6 +55,11 @@ fn missing_files_and_directories_name_the_path() {
     let missing = dir.path().join("nope.key");
     let err = read_secret(&missing).unwrap_err();
     assert!(err.to_string().contains("nope.key"), "{err}");
-    let err = write_public(&dir.path().join("no/such/dir/x.crt"), b"x", Overwrite::Allow).unwrap_err();
+    let err = write_public(
+        &dir.path().join("no/such/dir/x.crt"),
+        b"x",
+        Overwrite::Allow,
+    )
+    .unwrap_err();
     assert!(matches!(err, FileError::Write { .. }), "{err}");
 }

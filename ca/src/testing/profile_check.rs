@@ -60,7 +60,9 @@ fn uris(cert: &X509Certificate<'_>) -> Vec<String> {
 }
 
 fn timestamp(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Asserts every rule DESIGN.md "Certificates" sets for a leaf issued by `issuer` at `now`
@@ -73,7 +75,10 @@ pub fn check_leaf_profile(leaf: &[u8], issuer: &[u8], spiffe_id: &str, now: Syst
     // Exactly one URI SAN, the SPIFFE ID; the subject is empty, so the SAN is critical.
     assert_eq!(uris(&cert), [spiffe_id], "exactly one URI SAN");
     assert!(cert.subject().iter().next().is_none(), "empty subject");
-    assert!(ext(&cert, &OID_X509_EXT_SUBJECT_ALT_NAME).critical, "SAN critical");
+    assert!(
+        ext(&cert, &OID_X509_EXT_SUBJECT_ALT_NAME).critical,
+        "SAN critical"
+    );
 
     // CA:false, critical.
     let bc = ext(&cert, &OID_X509_EXT_BASIC_CONSTRAINTS);
@@ -89,12 +94,16 @@ pub fn check_leaf_profile(leaf: &[u8], issuer: &[u8], spiffe_id: &str, now: Syst
     // digitalSignature (+ keyEncipherment for RSA only), critical; nothing else.
     let ku = ext(&cert, &OID_X509_EXT_KEY_USAGE);
     assert!(ku.critical, "key usage critical");
-    let is_rsa = cert.public_key().algorithm.algorithm
-        == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
+    let is_rsa =
+        cert.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
     match ku.parsed_extension() {
         ParsedExtension::KeyUsage(ku) => {
             assert!(ku.digital_signature(), "digitalSignature");
-            assert_eq!(ku.key_encipherment(), is_rsa, "keyEncipherment for RSA only");
+            assert_eq!(
+                ku.key_encipherment(),
+                is_rsa,
+                "keyEncipherment for RSA only"
+            );
             assert!(!ku.key_cert_sign() && !ku.crl_sign(), "leaf cannot sign");
             assert!(!ku.non_repudiation() && !ku.data_encipherment() && !ku.key_agreement());
         }
@@ -102,14 +111,25 @@ pub fn check_leaf_profile(leaf: &[u8], issuer: &[u8], spiffe_id: &str, now: Syst
     }
 
     // serverAuth + clientAuth, nothing else.
-    let eku = cert.extended_key_usage().unwrap().expect("EKU present").value;
-    assert!(eku.server_auth && eku.client_auth, "serverAuth and clientAuth");
+    let eku = cert
+        .extended_key_usage()
+        .unwrap()
+        .expect("EKU present")
+        .value;
+    assert!(
+        eku.server_auth && eku.client_auth,
+        "serverAuth and clientAuth"
+    );
     assert!(!eku.any && !eku.code_signing && !eku.email_protection && eku.other.is_empty());
 
     // SKI, and an AKI equal to the issuer's SKI.
     assert!(!ski(&cert).is_empty(), "SKI");
     assert_eq!(aki(&cert), ski(&issuer), "AKI is the issuer's SKI");
-    assert_eq!(cert.issuer().as_raw(), issuer.subject().as_raw(), "issuer name");
+    assert_eq!(
+        cert.issuer().as_raw(),
+        issuer.subject().as_raw(),
+        "issuer name"
+    );
 
     // A positive serial of at least 64 bits (Halyard draws 128).
     let serial = cert.tbs_certificate.raw_serial();
@@ -120,8 +140,14 @@ pub fn check_leaf_profile(leaf: &[u8], issuer: &[u8], spiffe_id: &str, now: Syst
     // Backdated a little, never beyond the issuer.
     let validity = cert.validity();
     let now = timestamp(now);
-    assert!(validity.not_before.timestamp() <= now, "notBefore backdated");
-    assert!(now - validity.not_before.timestamp() <= 3600, "backdated by at most an hour");
+    assert!(
+        validity.not_before.timestamp() <= now,
+        "notBefore backdated"
+    );
+    assert!(
+        now - validity.not_before.timestamp() <= 3600,
+        "backdated by at most an hour"
+    );
     assert!(validity.not_after.timestamp() > now, "valid now");
     assert!(
         validity.not_after.timestamp() <= issuer.validity().not_after.timestamp(),
@@ -136,7 +162,11 @@ pub fn check_intermediate_profile(intermediate: &[u8], root: &[u8], trust_domain
     let cert = parse(intermediate);
     let root = parse(root);
     assert_eq!(cert.version().0, 2, "version 3");
-    assert_eq!(uris(&cert), [format!("spiffe://{trust_domain}")], "trust domain URI SAN");
+    assert_eq!(
+        uris(&cert),
+        [format!("spiffe://{trust_domain}")],
+        "trust domain URI SAN"
+    );
     assert!(cert.subject().iter().next().is_some(), "a CA has a subject");
 
     let bc = ext(&cert, &OID_X509_EXT_BASIC_CONSTRAINTS);
@@ -152,14 +182,21 @@ pub fn check_intermediate_profile(intermediate: &[u8], root: &[u8], trust_domain
     assert!(ku.critical, "key usage critical");
     match ku.parsed_extension() {
         ParsedExtension::KeyUsage(ku) => {
-            assert!(ku.key_cert_sign() && ku.crl_sign(), "keyCertSign and cRLSign");
+            assert!(
+                ku.key_cert_sign() && ku.crl_sign(),
+                "keyCertSign and cRLSign"
+            );
             assert!(!ku.key_encipherment() && !ku.data_encipherment());
         }
         other => panic!("key usage: {other:?}"),
     }
     assert!(!ski(&cert).is_empty(), "SKI");
     assert_eq!(aki(&cert), ski(&root), "AKI is the root's SKI");
-    assert_eq!(cert.issuer().as_raw(), root.subject().as_raw(), "issuer name");
+    assert_eq!(
+        cert.issuer().as_raw(),
+        root.subject().as_raw(),
+        "issuer name"
+    );
     assert!(
         cert.validity().not_after.timestamp() <= root.validity().not_after.timestamp(),
         "intermediate ends no later than the root"

@@ -1,6 +1,6 @@
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 use super::*;
@@ -20,7 +20,9 @@ fn leaf_params() -> CertificateParams {
 
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "test CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test CA");
     params.subject_alt_names = vec![uri("spiffe://example.org")];
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -39,7 +41,10 @@ fn accepts_a_spec_leaf() {
         .subject_alt_names
         .push(SanType::DnsName("web.default.svc".try_into().unwrap()));
     let svid = validate_leaf(&der(&params)).unwrap();
-    assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/ns/default/sa/web");
+    assert_eq!(
+        svid.spiffe_id().as_str(),
+        "spiffe://example.org/ns/default/sa/web"
+    );
     assert_eq!(svid.dns_names(), ["web.default.svc"]);
     assert!(svid.not_before() <= svid.not_after());
 }
@@ -47,7 +52,8 @@ fn accepts_a_spec_leaf() {
 #[test]
 fn refuses_each_broken_leaf_rule() {
     type Breaker = fn(&mut CertificateParams);
-    let cases: &[(&str, Breaker, fn(&SvidError) -> bool)] = &[
+    type Expect = fn(&SvidError) -> bool;
+    let cases: &[(&str, Breaker, Expect)] = &[
         (
             "no URI SAN",
             |p| p.subject_alt_names = vec![SanType::DnsName("a.example".try_into().unwrap())],
@@ -100,7 +106,8 @@ fn refuses_each_broken_leaf_rule() {
                 let mut content = vec![0x30, uri.len() as u8 + 2, 0x86, uri.len() as u8];
                 content.extend_from_slice(uri);
                 p.subject_alt_names.clear();
-                p.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], content)];
+                p.custom_extensions =
+                    vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], content)];
             },
             |e| matches!(e, SvidError::SanNotCriticalWithEmptySubject),
         ),
@@ -115,7 +122,10 @@ fn refuses_each_broken_leaf_rule() {
 
 #[test]
 fn refuses_garbage_and_trailing_bytes() {
-    assert!(matches!(validate_leaf(b"not a certificate"), Err(SvidError::Malformed(_))));
+    assert!(matches!(
+        validate_leaf(b"not a certificate"),
+        Err(SvidError::Malformed(_))
+    ));
     assert!(matches!(validate_leaf(&[]), Err(SvidError::Malformed(_))));
     let mut bytes = der(&leaf_params());
     bytes.extend_from_slice(&[0, 0]);
@@ -130,7 +140,10 @@ fn refuses_garbage_and_trailing_bytes() {
 #[test]
 fn accepts_a_spec_signing_cert() {
     let cert = validate_signing_cert(&der(&ca_params())).unwrap();
-    assert_eq!(cert.trust_domain().map(TrustDomain::as_str), Some("example.org"));
+    assert_eq!(
+        cert.trust_domain().map(TrustDomain::as_str),
+        Some("example.org")
+    );
     assert_eq!(cert.path_len(), Some(0));
     assert!(cert.is_self_issued());
 
@@ -154,7 +167,10 @@ fn refuses_each_broken_signing_rule() {
 
     let mut no_cert_sign = ca_params();
     no_cert_sign.key_usages = vec![KeyUsagePurpose::CrlSign];
-    assert_eq!(validate_signing_cert(&der(&no_cert_sign)), Err(SvidError::NoKeyCertSign));
+    assert_eq!(
+        validate_signing_cert(&der(&no_cert_sign)),
+        Err(SvidError::NoKeyCertSign)
+    );
 
     let mut with_path = ca_params();
     with_path.subject_alt_names = vec![uri("spiffe://example.org/ca")];

@@ -18,11 +18,26 @@ fn parses_the_usual_units() {
 fn refuses_zero_negative_fractional_and_garbage() {
     assert!(matches!("0s".parse::<Ttl>(), Err(TtlError::Zero(_))));
     assert!(matches!("0".parse::<Ttl>(), Err(TtlError::Zero(_))));
-    assert!(matches!("-1h".parse::<Ttl>(), Err(TtlError::Unparsable { .. })));
-    assert!(matches!("1.5s".parse::<Ttl>(), Err(TtlError::Fractional(_))));
-    assert!(matches!("500ms".parse::<Ttl>(), Err(TtlError::Fractional(_))));
-    assert!(matches!("soon".parse::<Ttl>(), Err(TtlError::Unparsable { .. })));
-    assert!(matches!("".parse::<Ttl>(), Err(TtlError::Unparsable { .. })));
+    assert!(matches!(
+        "-1h".parse::<Ttl>(),
+        Err(TtlError::Unparsable { .. })
+    ));
+    assert!(matches!(
+        "1.5s".parse::<Ttl>(),
+        Err(TtlError::Fractional(_))
+    ));
+    assert!(matches!(
+        "500ms".parse::<Ttl>(),
+        Err(TtlError::Fractional(_))
+    ));
+    assert!(matches!(
+        "soon".parse::<Ttl>(),
+        Err(TtlError::Unparsable { .. })
+    ));
+    assert!(matches!(
+        "".parse::<Ttl>(),
+        Err(TtlError::Unparsable { .. })
+    ));
 }
 
 #[test]
@@ -39,5 +54,8 @@ fn constructors_refuse_zero() {
     assert_eq!(Ttl::from_secs(60).map(Ttl::as_secs), Some(60));
     assert!(Ttl::from_duration(Duration::ZERO).is_err());
     assert!(Ttl::from_duration(Duration::from_millis(1500)).is_err());
-    assert_eq!(Ttl::from_duration(Duration::from_secs(3600)), Ok(Ttl::ONE_HOUR));
+    assert_eq!(
+        Ttl::from_duration(Duration::from_secs(3600)),
+        Ok(Ttl::ONE_HOUR)
+    );
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything Halyard's tests need on a fresh machine, then runs every test:
+# formatting, lints, all unit/integration/end-to-end tests including the ignored ones that need
+# external programs, doc tests, the fuzz targets' build, and the demo.
+#
+#   ./tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "installing test dependencies"
+apt_packages=()
+command -v openssl >/dev/null || apt_packages+=(openssl)
+if ((${#apt_packages[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
+openssl version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "fuzz targets build"
+cargo check --manifest-path fuzz/Cargo.toml --locked
+
+step "demo"
+HALYARD_DEMO_DIR="$(mktemp -d)/demo" ./deploy/demo.sh --debug
+
+step "doc tests"
+cargo test --workspace --locked --doc
+
+# Last, so that its summary closes the log.
+step "tests (including ignored ones that need external programs)"
+cargo nextest run --workspace --locked --run-ignored all --no-fail-fast
