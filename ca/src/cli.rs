@@ -1,14 +1,14 @@
 //! The `halyard-ca` command line.
 
-use std::path::PathBuf;
+mod admin;
+mod audit;
+mod ceremony;
+mod serve;
+
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use clap::{Args, Parser, Subcommand};
-use halyard_proto::{SpiffeId, TrustDomain, Ttl};
-
-use crate::authority::{Grant, KeyType};
-use crate::ceremony::{self, DataDir, RootDir};
+use clap::{Parser, Subcommand};
 
 /// Halyard's certificate authority.
 #[derive(Debug, Parser)]
@@ -22,99 +22,28 @@ pub struct Cli {
 enum Command {
     /// The offline root: create it, sign intermediates with it.
     #[command(subcommand)]
-    Root(RootCommand),
+    Root(ceremony::RootCommand),
     /// The intermediate: its key and CSR, and importing its certificate.
     #[command(subcommand)]
-    Intermediate(IntermediateCommand),
+    Intermediate(ceremony::IntermediateCommand),
     /// Sign one workload CSR with the data dir's intermediate (offline, one-shot).
-    Sign(SignArgs),
-}
-
-#[derive(Debug, Subcommand)]
-enum RootCommand {
-    /// Create a new self-signed root: DIR/root.crt and DIR/root.key (0600).
-    Init {
-        /// The trust domain the root serves, e.g. cluster.local.
-        #[arg(long)]
-        trust_domain: TrustDomain,
-        /// Directory for root.crt and root.key; created 0700 if missing.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The root's key type.
-        #[arg(long, default_value = "ec-p256", value_parser = ["ec-p256", "ec-p384", "rsa-3072"])]
-        key_type: String,
-        /// How long the root is valid.
-        #[arg(long, default_value = "10y")]
-        ttl: Ttl,
-    },
-    /// Sign an intermediate CSR with the root.
-    SignIntermediate {
-        /// Directory holding root.crt and root.key.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The intermediate's CSR (from `halyard-ca intermediate csr`).
-        #[arg(long)]
-        csr: PathBuf,
-        /// Where to write the intermediate certificate, PEM.
-        #[arg(long)]
-        out: PathBuf,
-        /// How long the intermediate is valid (at most until the root expires).
-        #[arg(long, default_value = "1y")]
-        ttl: Ttl,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum IntermediateCommand {
-    /// Create the intermediate's key in the data dir (0600) and write its CSR.
-    Csr {
-        /// The CA's data directory; created 0700 if missing.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The trust domain the intermediate serves.
-        #[arg(long)]
-        trust_domain: TrustDomain,
-        /// Where to write the CSR, PEM.
-        #[arg(long)]
-        out: PathBuf,
-        /// The intermediate's key type.
-        #[arg(long, default_value = "ec-p256", value_parser = ["ec-p256", "ec-p384"])]
-        key_type: String,
-    },
-    /// Import the signed intermediate after checking it against its key and the root.
-    Import {
-        /// The CA's data directory (holding intermediate.key).
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The intermediate certificate, PEM, optionally followed by upstream intermediates.
-        #[arg(long)]
-        cert: PathBuf,
-        /// The root certificate(s), PEM: becomes the data dir's bundle.pem.
-        #[arg(long)]
-        root: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-struct SignArgs {
-    /// The CA's data directory.
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// The workload's CSR, PEM or DER.
-    #[arg(long)]
-    csr: PathBuf,
-    /// The SPIFFE ID to issue; the CSR must carry exactly this URI SAN.
-    #[arg(long)]
-    spiffe_id: SpiffeId,
-    /// DNS names the certificate may carry (repeatable).
-    #[arg(long = "dns-name")]
-    dns_names: Vec<String>,
-    /// Lifetime (clamped to the policy's maximum, 24h, and the intermediate's end).
-    #[arg(long, default_value = "1h")]
-    ttl: Ttl,
-    /// Where to write the chain (leaf, then intermediates), PEM.
-    #[arg(long)]
-    out: PathBuf,
+    Sign(ceremony::SignArgs),
+    /// Run the CA server.
+    Serve(Box<serve::ServeArgs>),
+    /// Join tokens for node attestation (admin socket).
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Registration entries (admin socket).
+    #[command(subcommand)]
+    Entry(admin::EntryCommand),
+    /// The trust bundle (admin socket).
+    #[command(subcommand)]
+    Bundle(admin::BundleCommand),
+    /// The issuance journal, read from the store itself (no running CA needed).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Ask the running CA whether it is ready (admin socket); exit 0 when it is.
+    Healthcheck(admin::AdminTarget),
 }
 
 impl Cli {
@@ -132,98 +61,23 @@ impl Cli {
     fn execute(self) -> Result<(), String> {
         let now = SystemTime::now();
         match self.command {
-            Command::Root(RootCommand::Init {
-                trust_domain,
-                dir,
-                key_type,
-                ttl,
-            }) => {
-                let dir = RootDir::new(dir);
-                let root =
-                    ceremony::root_init(&dir, &trust_domain, key_type_of(&key_type)?, ttl, now)
-                        .map_err(|e| e.to_string())?;
-                println!(
-                    "created root for {} ({}): {} and {} (keep the key offline)",
-                    root.trust_domain(),
-                    root.key().key_type(),
-                    dir.cert().display(),
-                    dir.key().display()
-                );
-            }
-            Command::Root(RootCommand::SignIntermediate { dir, csr, out, ttl }) => {
-                ceremony::root_sign_intermediate(&RootDir::new(dir), &csr, &out, ttl, now)
-                    .map_err(|e| e.to_string())?;
-                println!("wrote intermediate certificate {}", out.display());
-            }
-            Command::Intermediate(IntermediateCommand::Csr {
-                data_dir,
-                trust_domain,
-                out,
-                key_type,
-            }) => {
-                let data = DataDir::new(data_dir);
-                let reused = ceremony::intermediate_csr(
-                    &data,
-                    &trust_domain,
-                    key_type_of(&key_type)?,
-                    &out,
-                    now,
-                )
-                .map_err(|e| e.to_string())?;
-                let key = data.intermediate_key();
-                if reused {
-                    println!(
-                        "reused the existing key {}; wrote CSR {}",
-                        key.display(),
-                        out.display()
-                    );
-                } else {
-                    println!("created key {}; wrote CSR {}", key.display(), out.display());
-                }
-            }
-            Command::Intermediate(IntermediateCommand::Import {
-                data_dir,
-                cert,
-                root,
-            }) => {
-                let data = DataDir::new(data_dir);
-                let authority = ceremony::intermediate_import(&data, &cert, &root, now)
-                    .map_err(|e| e.to_string())?;
-                println!(
-                    "imported intermediate for {} into {} (bundle {})",
-                    authority.trust_domain(),
-                    data.intermediate_cert().display(),
-                    data.bundle().display()
-                );
-            }
-            Command::Sign(args) => {
-                let grant = Grant {
-                    spiffe_id: args.spiffe_id,
-                    dns_names: args.dns_names,
-                };
-                let svid = ceremony::sign(
-                    &DataDir::new(args.data_dir),
-                    &args.csr,
-                    &grant,
-                    Some(args.ttl),
-                    &args.out,
-                    now,
-                )
-                .map_err(|e| e.to_string())?;
-                println!(
-                    "issued {} serial {} until {}: wrote {}",
-                    svid.spiffe_id,
-                    svid.serial,
-                    crate::authority::rfc3339(svid.not_after),
-                    args.out.display()
-                );
-            }
+            Command::Root(command) => command.run(now),
+            Command::Intermediate(command) => command.run(now),
+            Command::Sign(args) => args.run(now),
+            Command::Serve(args) => args.run(),
+            Command::Token(command) => runtime()?.block_on(command.run()),
+            Command::Entry(command) => runtime()?.block_on(command.run()),
+            Command::Bundle(command) => runtime()?.block_on(command.run()),
+            Command::Audit(command) => runtime()?.block_on(command.run()),
+            Command::Healthcheck(target) => runtime()?.block_on(admin::healthcheck(target)),
         }
-        Ok(())
     }
 }
 
-fn key_type_of(name: &str) -> Result<KeyType, String> {
-    name.parse()
-        .map_err(|e: crate::authority::KeyError| e.to_string())
+/// A small runtime for commands that talk to the CA or the store.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }

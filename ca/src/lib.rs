@@ -8,10 +8,14 @@
 //!   directory and the CA data directory, file by file.
 //! - [`cli`] is the `halyard-ca` command line.
 
+pub mod api;
 pub mod authority;
 pub mod ceremony;
 pub mod cli;
+pub mod config;
 pub mod files;
+pub mod server;
+pub mod store;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

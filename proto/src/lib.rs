@@ -2,8 +2,8 @@
 //!
 //! This crate holds the identity types both sides share — [`TrustDomain`] and [`SpiffeId`], which
 //! can only exist valid per the SPIFFE-ID specification — the [`Ttl`] of a certificate request, and
-//! X509-SVID validation ([`validate_leaf`], [`validate_signing_cert`]). The gRPC contracts
-//! (`halyard.ca.v1`) join it with the CA server.
+//! X509-SVID validation ([`validate_leaf`], [`validate_signing_cert`]), and the gRPC contracts
+//! in [`api`]: `halyard.ca.v1` and Istio's `istio.v1.auth` CA service.
 //!
 //! ```
 //! use halyard_proto::{SpiffeId, TrustDomain};
@@ -19,6 +19,8 @@
 //! # Ok::<(), halyard_proto::SpiffeIdError>(())
 //! ```
 
+pub mod api;
+mod bundle;
 mod spiffe_id;
 mod svid;
 mod trust_domain;
@@ -27,6 +29,7 @@ mod ttl;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 
+pub use bundle::{BundleError, TrustBundle};
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
 pub use svid::{SigningCert, SvidError, X509Svid, validate_leaf, validate_signing_cert};
 pub use trust_domain::TrustDomain;

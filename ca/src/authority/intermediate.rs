@@ -11,7 +11,7 @@ use super::policy::{Grant, Policy};
 use super::profile::{self, Validity};
 use super::root::rfc3339;
 use super::serial::Serial;
-use super::signer::{CaCertError, ca_signer};
+use super::signer::{CaCertError, authority_id, ca_signer};
 
 /// Why an intermediate cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,7 @@ impl IssuedSvid {
 #[derive(Debug)]
 pub struct Authority {
     issuer: Issuer<'static, PrivateKey>,
+    id: String,
     chain: Vec<Vec<u8>>,
     trust_domain: TrustDomain,
     not_before: SystemTime,
@@ -153,6 +154,7 @@ impl Authority {
         let (issuer, info, trust_domain) = ca_signer(key, cert)?;
         Ok(Authority {
             issuer,
+            id: authority_id(cert),
             trust_domain,
             not_before: info.not_before(),
             not_after: info.not_after(),
@@ -220,6 +222,7 @@ impl Authority {
             return Err(SignError::CaRequested);
         }
         let requested = match csr.uris() {
+            [] if !grant.id_in_csr => authorized.clone(),
             [] => return Err(SignError::NoUriSan(authorized.clone())),
             [one] => SpiffeId::new(one).map_err(|source| SignError::NotSpiffeId {
                 uri: one.clone(),
@@ -259,6 +262,11 @@ impl Authority {
             });
         }
         Ok(())
+    }
+
+    /// The authority's id: lowercase hex of its subject key identifier.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The trust domain this authority signs for.

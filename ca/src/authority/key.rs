@@ -133,6 +133,11 @@ impl PrivateKey {
         Zeroizing::new(self.pair.serialize_pem())
     }
 
+    /// The key as PKCS#8 DER, in memory that is wiped when dropped.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.pair.serialize_der())
+    }
+
     /// The key's type.
     pub fn key_type(&self) -> KeyType {
         self.key_type

@@ -128,6 +128,11 @@ pub struct Grant {
     pub spiffe_id: SpiffeId,
     /// DNS names the certificate will carry; a CSR may ask for these and no others.
     pub dns_names: Vec<String>,
+    /// IP addresses the certificate will carry (a server's own certificate, dialled by address).
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Whether the CSR must name the SPIFFE ID itself. Node attestation turns this off: the
+    /// agent does not know its node's name, so its CSR may carry no URI SAN (or exactly the ID).
+    pub id_in_csr: bool,
 }
 
 impl Grant {
@@ -136,6 +141,8 @@ impl Grant {
         Grant {
             spiffe_id,
             dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            id_in_csr: true,
         }
     }
 }

@@ -64,9 +64,9 @@ pub(crate) fn intermediate_request(
     Ok(params)
 }
 
-/// An X509-SVID leaf: empty subject, so the one URI SAN is critical; DNS SANs from the grant;
-/// CA:false; digitalSignature (+ keyEncipherment for RSA), critical; serverAuth + clientAuth;
-/// SKI and AKI.
+/// An X509-SVID leaf: empty subject, so the one URI SAN is critical; DNS and IP SANs from the
+/// grant; CA:false; digitalSignature (+ keyEncipherment for RSA), critical; serverAuth and
+/// clientAuth; SKI and AKI.
 pub(crate) fn leaf(
     grant: &Grant,
     rsa: bool,
@@ -75,15 +75,12 @@ pub(crate) fn leaf(
 ) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names =
-        std::iter::once(Ok(SanType::URI(grant.spiffe_id.as_str().try_into()?)))
-            .chain(
-                grant
-                    .dns_names
-                    .iter()
-                    .map(|dns| Ok(SanType::DnsName(dns.as_str().try_into()?))),
-            )
-            .collect::<Result<_, rcgen::Error>>()?;
+    let mut sans = vec![SanType::URI(grant.spiffe_id.as_str().try_into()?)];
+    for dns in &grant.dns_names {
+        sans.push(SanType::DnsName(dns.as_str().try_into()?));
+    }
+    sans.extend(grant.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if rsa {

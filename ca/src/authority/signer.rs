@@ -44,3 +44,24 @@ pub(crate) fn ca_signer(
         .map_err(|e| CaCertError::Signer(e.to_string()))?;
     Ok((issuer, info, trust_domain))
 }
+
+/// A CA's id: the lowercase hex of its certificate's subject key identifier (or, for a
+/// certificate without one, of the first 20 bytes of the SHA-256 of its public key).
+pub(crate) fn authority_id(cert: &[u8]) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
+        return String::new();
+    };
+    let ski = parsed
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        });
+    let bytes = ski.unwrap_or_else(|| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+        digest.as_ref()[..20].to_vec()
+    });
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,249 @@
+//! `AdminService`, served only on the admin unix socket: join tokens, entries, the bundle,
+//! health. Whoever can open the socket (its owner) is the operator.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use halyard_proto::api::ca::admin_service_server::AdminService;
+use halyard_proto::api::ca::{
+    CreateEntryRequest, CreateEntryResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
+    DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetBundleResponse, HealthRequest,
+    HealthResponse, ListEntriesRequest, ListEntriesResponse,
+};
+use halyard_proto::{SpiffeId, Ttl};
+use ring::rand::{SecureRandom, SystemRandom};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::node::{bundle_message, token_hash};
+use super::status::store_status;
+use super::trust::entry_message;
+use super::unix_secs;
+use crate::server::Ca;
+use crate::store::{EntryScope, NewEntry, StoreError};
+
+/// The operator's service.
+pub struct AdminApi {
+    ca: Arc<Ca>,
+}
+
+impl AdminApi {
+    /// The service over `ca`.
+    pub fn new(ca: Arc<Ca>) -> AdminApi {
+        AdminApi { ca }
+    }
+}
+
+/// Selector kinds and keys this CA knows; anything else is refused at entry creation.
+const SELECTOR_KEYS: &[(&str, &[&str])] = &[("unix", &["uid", "gid", "path"])];
+
+fn check_selector(kind: &str, key: &str, value: &str) -> Result<String, Status> {
+    let keys = SELECTOR_KEYS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, keys)| *keys)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("selector kind {kind:?} is unknown: expected unix"))
+        })?;
+    if !keys.contains(&key) {
+        return Err(Status::invalid_argument(format!(
+            "selector {kind}:{key} is unknown: expected one of {}",
+            keys.iter()
+                .map(|k| format!("{kind}:{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "selector {kind}:{key} has no value"
+        )));
+    }
+    if matches!(key, "uid" | "gid") && value.parse::<u32>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "selector {kind}:{key}:{value}: {key} must be a number"
+        )));
+    }
+    Ok(format!("{kind}:{key}:{value}"))
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let request = request.into_inner();
+        self.ca
+            .node_id(&request.node)
+            .map_err(|e| Status::invalid_argument(format!("node name {:?}: {e}", request.node)))?;
+        let ttl = Ttl::from_secs(request.ttl_seconds).unwrap_or(self.ca.config().join_token_ttl);
+        let mut secret = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut secret)
+            .map_err(|_| Status::internal("no randomness for a token"))?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let expires_at = SystemTime::now() + ttl.as_duration();
+        self.ca
+            .store()
+            .create_join_token(token_hash(&token), &request.node, expires_at)
+            .await
+            .map_err(|e| store_status(&e))?;
+        info!(node = %request.node, ttl = %ttl, "join token created");
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            expires_at: unix_secs(expires_at),
+        }))
+    }
+
+    async fn create_entry(
+        &self,
+        request: Request<CreateEntryRequest>,
+    ) -> Result<Response<CreateEntryResponse>, Status> {
+        let entry = request
+            .into_inner()
+            .entry
+            .ok_or_else(|| Status::invalid_argument("no entry given"))?;
+        let id = SpiffeId::new(&entry.spiffe_id).map_err(|e| {
+            Status::invalid_argument(format!("spiffe_id {:?}: {e}", entry.spiffe_id))
+        })?;
+        if !id.is_member_of(self.ca.trust_domain()) {
+            return Err(Status::invalid_argument(format!(
+                "{id} is not in trust domain {}",
+                self.ca.trust_domain()
+            )));
+        }
+        if id.is_trust_domain_id() {
+            return Err(Status::invalid_argument(format!(
+                "{id} has no path: it names the trust domain"
+            )));
+        }
+        let node = match (entry.any_node, entry.node.is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                self.ca.node_id(&entry.node).map_err(|e| {
+                    Status::invalid_argument(format!("node name {:?}: {e}", entry.node))
+                })?;
+                Some(entry.node.clone())
+            }
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "give a node or any_node, not both",
+                ));
+            }
+            (false, true) => return Err(Status::invalid_argument("give a node or any_node")),
+        };
+        if entry.selectors.is_empty() {
+            return Err(Status::invalid_argument(
+                "an entry needs at least one selector",
+            ));
+        }
+        let selectors = entry
+            .selectors
+            .iter()
+            .map(|s| check_selector(&s.kind, &s.key, &s.value))
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in &entry.dns_names {
+            if name.is_empty() || !name.is_ascii() || name.contains(char::is_whitespace) {
+                return Err(Status::invalid_argument(format!(
+                    "DNS name {name:?} is not ASCII"
+                )));
+            }
+        }
+        let created = self
+            .ca
+            .store()
+            .create_entry(NewEntry {
+                spiffe_id: id.to_string(),
+                node,
+                selectors,
+                ttl_seconds: (entry.ttl_seconds > 0).then_some(entry.ttl_seconds),
+                dns_names: entry.dns_names,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::EntryExists { .. } => Status::already_exists(e.to_string()),
+                other => store_status(&other),
+            })?;
+        info!(entry = %created.id, spiffe_id = %created.spiffe_id, "entry created");
+        Ok(Response::new(CreateEntryResponse {
+            entry: Some(entry_message(&created)),
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let node = request.into_inner().node;
+        let scope = if node.is_empty() {
+            EntryScope::All
+        } else {
+            EntryScope::ForNode(node)
+        };
+        let entries = self
+            .ca
+            .store()
+            .entries(scope)
+            .await
+            .map_err(|e| store_status(&e))?;
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.iter().map(entry_message).collect(),
+        }))
+    }
+
+    async fn delete_entry(
+        &self,
+        request: Request<DeleteEntryRequest>,
+    ) -> Result<Response<DeleteEntryResponse>, Status> {
+        let id = request.into_inner().id;
+        if self
+            .ca
+            .store()
+            .delete_entry(&id)
+            .await
+            .map_err(|e| store_status(&e))?
+        {
+            info!(entry = %id, "entry deleted");
+            Ok(Response::new(DeleteEntryResponse {}))
+        } else {
+            Err(Status::not_found(format!("no entry with id {id:?}")))
+        }
+    }
+
+    async fn get_bundle(
+        &self,
+        _request: Request<GetBundleRequest>,
+    ) -> Result<Response<GetBundleResponse>, Status> {
+        Ok(Response::new(GetBundleResponse {
+            bundle: Some(bundle_message(&self.ca)),
+        }))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        let authority = self.ca.authority();
+        let store_ok = self.ca.store().node("").await.is_ok();
+        let ready = self.ca.is_ready() && store_ok;
+        let left = authority
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let message = match (self.ca.is_ready(), store_ok) {
+            (true, true) => format!(
+                "ready; intermediate valid for {}",
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            ),
+            (false, _) => "not ready: the intermediate has expired".to_owned(),
+            (true, false) => "not ready: the store does not answer".to_owned(),
+        };
+        Ok(Response::new(HealthResponse {
+            ready,
+            message,
+            intermediate_expires_at: unix_secs(authority.not_after()),
+        }))
+    }
+}

@@ -1,0 +1,143 @@
+//! `NodeService.Attest`: a join token (or, to renew, the current node SVID) and the agent's CSR
+//! for the node's X509-SVID and the trust bundle.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use halyard_proto::SpiffeId;
+use halyard_proto::api::ca::attest_request::Credential;
+use halyard_proto::api::ca::node_service_server::NodeService;
+use halyard_proto::api::ca::{AttestRequest, AttestResponse, TrustBundle};
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use super::peer::caller_id;
+use super::status::{issue_status, store_status};
+use super::svid_message;
+use crate::authority::{Csr, Grant};
+use crate::server::Ca;
+use crate::store::{NodeRecord, StoreError};
+
+/// The node attestation service.
+pub struct NodeApi {
+    ca: Arc<Ca>,
+}
+
+impl NodeApi {
+    /// The service over `ca`.
+    pub fn new(ca: Arc<Ca>) -> NodeApi {
+        NodeApi { ca }
+    }
+
+    async fn attest(&self, request: Request<AttestRequest>) -> Result<AttestResponse, Status> {
+        let ca = &self.ca;
+        let peer = caller_id(&request).ok();
+        let request = request.into_inner();
+        // Judge the CSR before spending the token, so a bad CSR does not burn it.
+        Csr::parse(&request.csr, &ca.authority().policy().keys)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (name, method) = match request.credential {
+            Some(Credential::JoinToken(token)) => {
+                let name = ca
+                    .store()
+                    .consume_join_token(token_hash(&token), SystemTime::now())
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::TokenUnknown
+                        | StoreError::TokenUsed
+                        | StoreError::TokenExpired => Status::unauthenticated(e.to_string()),
+                        other => store_status(&other),
+                    })?;
+                (name, "join_token")
+            }
+            Some(Credential::ServiceAccountToken(_)) => {
+                return Err(Status::unimplemented(
+                    "Kubernetes service-account token attestation is not available yet; use a join token",
+                ));
+            }
+            None => {
+                let id = peer.ok_or_else(|| {
+                    Status::unauthenticated(
+                        "no credential: present a join token, or renew over mTLS with the node SVID",
+                    )
+                })?;
+                let name = ca.node_name(&id).ok_or_else(|| {
+                    Status::permission_denied(format!("{id} is not a node identity"))
+                })?;
+                (name.to_owned(), "renewal")
+            }
+        };
+        let record = ca.store().node(&name).await.map_err(|e| store_status(&e))?;
+        if record.as_ref().is_some_and(|r| r.banned) {
+            return Err(Status::permission_denied(format!("node {name} is banned")));
+        }
+        let id: SpiffeId = ca
+            .node_id(&name)
+            .map_err(|e| Status::internal(format!("node name {name:?}: {e}")))?;
+        let grant = Grant {
+            id_in_csr: false,
+            ..Grant::new(id.clone())
+        };
+        let caller = format!("node:{name}");
+        let svid = ca
+            .issue(
+                &request.csr,
+                &grant,
+                Some(ca.config().max_ttl),
+                &caller,
+                None,
+            )
+            .await
+            .map_err(|e| issue_status(&e))?;
+        let now = SystemTime::now();
+        ca.store()
+            .record_node(NodeRecord {
+                name: name.clone(),
+                spiffe_id: id.to_string(),
+                serial: svid.serial.to_string(),
+                not_after: svid.not_after,
+                attested_at: now,
+                method: method.to_owned(),
+                banned: false,
+            })
+            .await
+            .map_err(|e| store_status(&e))?;
+        info!(node = %name, method, serial = %svid.serial, "node attested");
+        Ok(AttestResponse {
+            svid: Some(svid_message(&svid)),
+            bundle: Some(bundle_message(ca)),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    #[instrument(skip_all, name = "attest")]
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let result = NodeApi::attest(self, request).await;
+        self.ca.metrics().request(
+            "Attest",
+            result.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+        );
+        result.map(Response::new)
+    }
+}
+
+/// The trust bundle as the wire carries it.
+pub(super) fn bundle_message(ca: &Ca) -> TrustBundle {
+    TrustBundle {
+        trust_domain: ca.trust_domain().to_string(),
+        roots: ca.bundle().to_vec(),
+    }
+}
+
+/// How join tokens are stored: SHA-256 of the token text.
+pub(super) fn token_hash(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}

@@ -1,0 +1,36 @@
+//! Every error the CA can answer with, mapped to a gRPC status in one place.
+
+use tonic::{Code, Status};
+
+use crate::authority::SignError;
+use crate::server::IssueError;
+use crate::store::StoreError;
+
+/// The status a client sees for an issuing failure.
+pub(super) fn issue_status(err: &IssueError) -> Status {
+    Status::new(issue_code(err), err.to_string())
+}
+
+/// The code of an issuing failure.
+pub(super) fn issue_code(err: &IssueError) -> Code {
+    match err {
+        IssueError::Csr(_) => Code::InvalidArgument,
+        IssueError::Sign(sign) => match sign {
+            SignError::NotAuthorized { .. }
+            | SignError::DnsNameNotAllowed { .. }
+            | SignError::WrongTrustDomain { .. } => Code::PermissionDenied,
+            SignError::IntermediateExpired(_) | SignError::IntermediateNotYetValid(_) => {
+                Code::FailedPrecondition
+            }
+            SignError::Sign(_) => Code::Internal,
+            _ => Code::InvalidArgument,
+        },
+        IssueError::Busy(_) | IssueError::RateLimited { .. } => Code::ResourceExhausted,
+        IssueError::Journal(_) => Code::Unavailable,
+    }
+}
+
+/// The status for a store failure outside issuing.
+pub(super) fn store_status(err: &StoreError) -> Status {
+    Status::unavailable(format!("store: {err}"))
+}

@@ -1,0 +1,136 @@
+//! `halyard-ca serve --config FILE | --dev`: every config key is also a flag.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::ConfigFile;
+
+/// `serve`'s flags: a config file or `--dev`, and any key of the file as a flag.
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// TOML configuration file (see deploy/halyard-ca.toml).
+    #[arg(long, required_unless_present = "dev")]
+    config: Option<PathBuf>,
+    /// Development mode: needs no file; makes a root and intermediate in the data directory
+    /// (the root key stays there: never for a real trust domain), listens on 127.0.0.1.
+    #[arg(long)]
+    dev: bool,
+    /// Trust domain served.
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://…
+    #[arg(long)]
+    store_url: Option<String>,
+    /// gRPC over TLS listen address.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP (metrics, health) listen address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Admin socket path.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// DNS names for the server's own certificate (repeatable).
+    #[arg(long = "server-dns-name")]
+    server_dns_names: Vec<String>,
+    /// IP addresses for the server's own certificate (repeatable).
+    #[arg(long = "server-ip-address")]
+    server_ip_addresses: Vec<IpAddr>,
+    /// Default workload certificate lifetime.
+    #[arg(long)]
+    default_ttl: Option<String>,
+    /// Maximum workload certificate lifetime.
+    #[arg(long)]
+    max_ttl: Option<String>,
+    /// Default join token lifetime.
+    #[arg(long)]
+    join_token_ttl: Option<String>,
+    /// Most CSRs per batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Most signatures in flight.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Certificates per second per node.
+    #[arg(long)]
+    node_rate_limit: Option<u32>,
+    /// Journal retention after expiry.
+    #[arg(long)]
+    journal_retention: Option<String>,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> ConfigFile {
+        ConfigFile {
+            trust_domain: self.trust_domain.clone(),
+            data_dir: self.data_dir.clone(),
+            store_url: self.store_url.clone(),
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            admin_socket: self.admin_socket.clone(),
+            server_dns_names: (!self.server_dns_names.is_empty())
+                .then(|| self.server_dns_names.clone()),
+            server_ip_addresses: (!self.server_ip_addresses.is_empty())
+                .then(|| self.server_ip_addresses.clone()),
+            default_ttl: self.default_ttl.clone(),
+            max_ttl: self.max_ttl.clone(),
+            join_token_ttl: self.join_token_ttl.clone(),
+            max_batch: self.max_batch,
+            max_in_flight: self.max_in_flight,
+            node_rate_limit: self.node_rate_limit,
+            journal_retention: self.journal_retention.clone(),
+        }
+    }
+
+    pub(super) fn run(self) -> Result<(), String> {
+        let (file, source) = match &self.config {
+            Some(path) => (
+                ConfigFile::read(path).map_err(|e| e.to_string())?,
+                path.display().to_string(),
+            ),
+            None => (ConfigFile::default(), "flags".to_owned()),
+        };
+        let config = file
+            .overlay(self.flags())
+            .resolve(&source, self.dev)
+            .map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async {
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                info!("shutting down");
+                on_signal.cancel();
+            });
+            crate::server::run(config, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `halyard-ca serve`: the CA as a long-running server.
+//!
+//! [`Ca`] is the shared state: the active authority, the trust bundle, the store, limits and
+//! metrics; [`Ca::issue`] is the one path by which a certificate leaves the CA (sign, then journal,
+//! then hand out). [`run`] wires it to the listeners: gRPC over TLS ([`crate::api`]), the admin
+//! socket, and HTTP for metrics and health.
+
+mod dev;
+mod http;
+mod issue;
+mod limits;
+mod listen;
+mod metrics;
+mod tls;
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use halyard_proto::{SpiffeId, TrustDomain};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::{Authority, Policy, certs_from_pem, verify_chain};
+use crate::ceremony::{self, CeremonyError, DataDir};
+use crate::config::Config;
+use crate::files;
+use crate::store::{Store, StoreError, StoreOptions};
+
+pub use issue::IssueError;
+pub use metrics::Metrics;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data directory's CA material is missing or unusable.
+    #[error(transparent)]
+    Ceremony(#[from] CeremonyError),
+    /// The store could not be opened.
+    #[error("store {url}: {source}")]
+    Store {
+        /// The store URL (without credentials).
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// A listener could not be bound or served.
+    #[error("{what} {addr}: {source}")]
+    Listen {
+        /// Which listener.
+        what: &'static str,
+        /// Its address or path.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server's own certificate could not be issued.
+    #[error("cannot issue the server's own certificate: {0}")]
+    ServingCert(String),
+}
+
+/// The CA's shared state.
+pub struct Ca {
+    config: Config,
+    store: Store,
+    authority: RwLock<Arc<Authority>>,
+    bundle: RwLock<Arc<Vec<Vec<u8>>>>,
+    issuing_root: RwLock<Arc<Vec<u8>>>,
+    trust_version: watch::Sender<u64>,
+    metrics: Metrics,
+    limits: limits::Limits,
+}
+
+impl Ca {
+    /// Opens the store and loads the data directory's intermediate (creating a development root
+    /// and intermediate first in `--dev` mode).
+    pub async fn open(config: Config) -> Result<Arc<Ca>, ServerError> {
+        let data = DataDir::new(&config.data_dir);
+        if config.dev {
+            dev::bootstrap(&data, &config.trust_domain)?;
+        }
+        let policy = Policy {
+            default_ttl: config.default_ttl,
+            max_ttl: config.max_ttl,
+            ..Policy::default()
+        };
+        let authority = ceremony::load_authority(&data, policy, SystemTime::now())?;
+        let bundle =
+            certs_from_pem(&files::read_public(&data.bundle()).map_err(CeremonyError::from)?)
+                .map_err(|reason| CeremonyError::Pem {
+                    path: data.bundle(),
+                    reason,
+                })?;
+        let root_index =
+            verify_chain(authority.chain(), &bundle, SystemTime::now()).map_err(|source| {
+                CeremonyError::Chain {
+                    path: data.intermediate_cert(),
+                    root: data.bundle(),
+                    source: Box::new(source),
+                }
+            })?;
+        let issuing_root = bundle[root_index].clone();
+        let store = Store::open(&config.store_url, StoreOptions::default())
+            .await
+            .map_err(|source| ServerError::Store {
+                url: redact_url(&config.store_url),
+                source,
+            })?;
+        let metrics = Metrics::new();
+        metrics.set_intermediate_expiry(authority.not_after());
+        Ok(Arc::new(Ca {
+            limits: limits::Limits::new(config.max_in_flight, config.node_rate_limit),
+            config,
+            store,
+            authority: RwLock::new(Arc::new(authority)),
+            bundle: RwLock::new(Arc::new(bundle)),
+            issuing_root: RwLock::new(Arc::new(issuing_root)),
+            trust_version: watch::Sender::new(1),
+            metrics,
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The trust domain served.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The active authority.
+    pub fn authority(&self) -> Arc<Authority> {
+        // A poisoned lock still holds a valid Arc: a panic cannot leave it half-written.
+        self.authority
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The trust bundle: every root, DER.
+    pub fn bundle(&self) -> Arc<Vec<Vec<u8>>> {
+        self.bundle
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The root the active intermediate chains to, DER.
+    pub fn issuing_root(&self) -> Arc<Vec<u8>> {
+        self.issuing_root
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever the bundle, the authorities or the revocations change.
+    pub fn watch_trust(&self) -> watch::Receiver<u64> {
+        self.trust_version.subscribe()
+    }
+
+    /// The SPIFFE ID of node `name`: `spiffe://<td>/halyard/node/<name>`.
+    pub fn node_id(&self, name: &str) -> Result<SpiffeId, halyard_proto::SpiffeIdError> {
+        SpiffeId::from_segments(self.trust_domain(), &["halyard", "node", name])
+    }
+
+    /// The node name in a node SVID's ID, if it is one of this trust domain's node IDs.
+    pub fn node_name<'a>(&self, id: &'a SpiffeId) -> Option<&'a str> {
+        if !id.is_member_of(self.trust_domain()) {
+            return None;
+        }
+        let name = id.path().strip_prefix("/halyard/node/")?;
+        (!name.contains('/')).then_some(name)
+    }
+
+    /// The CA's own SPIFFE ID: `spiffe://<td>/halyard/ca`.
+    pub fn own_id(&self) -> Result<SpiffeId, halyard_proto::SpiffeIdError> {
+        SpiffeId::from_segments(self.trust_domain(), &["halyard", "ca"])
+    }
+
+    /// Whether the CA can issue: an unexpired intermediate.
+    pub fn is_ready(&self) -> bool {
+        self.authority().not_after() > SystemTime::now()
+    }
+}
+
+/// Runs the server until `shutdown` is cancelled or a listener fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let ca = Ca::open(config).await?;
+    listen::serve(ca, shutdown).await
+}
+
+/// A store URL with any password replaced, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,46 @@
+//! HTTP: `/metrics`, `/healthz` (the process answers), `/readyz` (it can issue).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::Ca;
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    ca: Arc<Ca>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(ca);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(ca): State<Arc<Ca>>) -> impl IntoResponse {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ca.metrics().encode(),
+    )
+}
+
+async fn ready(State(ca): State<Arc<Ca>>) -> impl IntoResponse {
+    if ca.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no valid intermediate\n")
+    }
+}

@@ -1,0 +1,200 @@
+//! The CA's durable state over `sqlx`: one schema and one set of migrations (`ca/migrations/`)
+//! for SQLite (the embedded default: one file, WAL) and PostgreSQL (several CA replicas).
+//!
+//! - [`journal`](Store::record_issued): the issuance journal, hash-chained so tampering shows,
+//!   group-committed by one background writer so a certificate can wait for its durable row
+//!   cheaply.
+//! - [join tokens](Store::create_join_token), stored as SHA-256 hashes, single use.
+//! - [nodes](Store::record_node): attested node agents, and bans.
+//! - [registration entries](Store::create_entry), with a [change feed](Store::subscribe_entries).
+//!
+//! The store knows SQL and nothing of SPIFFE or gRPC: identities arrive as plain strings that the
+//! caller has already parsed. Every time is stored as whole unix seconds (BIGINT); every hash and
+//! DER blob as lowercase hex TEXT, the one binary encoding both engines (and the `Any` driver)
+//! agree on.
+
+mod codec;
+mod entries;
+mod error;
+mod journal;
+mod migrate;
+mod nodes;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
+use tokio::sync::watch;
+
+pub use entries::{Entry, EntryScope, NewEntry};
+pub use error::StoreError;
+pub use journal::{
+    IssuedRecord, JournalProblem, JournalProblemKind, JournalQuery, JournalReport, JournalRow,
+    JournalStats,
+};
+pub use nodes::NodeRecord;
+
+/// A handle on the CA's durable state. Cheap to clone (an `Arc` inside); the background journal
+/// writer stops, and the connection pool closes, once the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    writer: journal::WriterHandle,
+    entries_changed: watch::Sender<u64>,
+}
+
+/// Tuning of a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The most journal rows the writer commits in one transaction (default 256).
+    pub max_batch: usize,
+    /// How many journal rows may wait for the writer; callers beyond it wait for room
+    /// (default 4096).
+    pub queue_depth: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            queue_depth: 4096,
+        }
+    }
+}
+
+/// The database engine behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file in WAL mode: a single CA process.
+    Sqlite,
+    /// A PostgreSQL database shared by several CA replicas.
+    Postgres,
+}
+
+impl Backend {
+    fn from_url(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            // Only the scheme is echoed: a PostgreSQL URL may carry a password.
+            _ => Err(StoreError::UnsupportedUrl {
+                scheme: scheme.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Connections per pool. SQLite has one writer at a time anyway; PostgreSQL replicas share the
+/// server's `max_connections`.
+const SQLITE_POOL_SIZE: u32 = 8;
+const POSTGRES_POOL_SIZE: u32 = 10;
+
+impl Store {
+    /// Opens the store at `url` and brings its schema up to date.
+    ///
+    /// `url` is `sqlite:///path/halyard.db` (the file is created if missing; WAL,
+    /// `synchronous=FULL`, foreign keys on) or `postgres://user:password@host:port/database`.
+    /// Must be called inside a Tokio runtime: it starts the journal writer task.
+    pub async fn open(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        if options.max_batch == 0 || options.queue_depth == 0 {
+            return Err(StoreError::InvalidOptions(format!(
+                "max_batch ({}) and queue_depth ({}) must both be at least 1",
+                options.max_batch, options.queue_depth
+            )));
+        }
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let pool = match backend {
+            Backend::Sqlite => open_sqlite(url).await?,
+            Backend::Postgres => open_postgres(url).await?,
+        };
+        migrate::run(&pool).await?;
+        let writer = journal::WriterHandle::start(pool.clone(), backend, options);
+        let (entries_changed, _) = watch::channel(0);
+        tracing::debug!(?backend, "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                writer,
+                entries_changed,
+            }),
+        })
+    }
+
+    /// The database engine behind this store.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// A counter bumped after every registration entry create or delete that THIS process
+    /// committed, for components that push entries to agents.
+    ///
+    /// Changes made by other CA replicas on a shared PostgreSQL are not seen yet; they will arrive
+    /// through `LISTEN`/`NOTIFY` on the same channel.
+    pub fn subscribe_entries(&self) -> watch::Receiver<u64> {
+        self.inner.entries_changed.subscribe()
+    }
+
+    fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    fn entries_changed(&self) {
+        self.inner
+            .entries_changed
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+}
+
+async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
+    // The `Any` driver only knows URLs, which carry no journal mode: a first, direct connection
+    // creates the file and switches it to WAL, which then persists in the file itself. (Switching
+    // needs an exclusive lock that a busy timeout cannot wait for, so it is done once, here.)
+    let direct: SqliteConnectOptions = url.parse()?;
+    let direct = direct
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true);
+    direct.connect().await?.close().await?;
+
+    let options: AnyConnectOptions = url.parse()?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(SQLITE_POOL_SIZE)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // Per-connection settings; `synchronous=FULL` makes a commit durable once it
+                // returns, which is what the journal promises.
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                // Wait up to 10 s for another writer's lock rather than failing at once.
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+async fn open_postgres(url: &str) -> Result<AnyPool, StoreError> {
+    let options: AnyConnectOptions = url.parse()?;
+    Ok(AnyPoolOptions::new()
+        .max_connections(POSTGRES_POOL_SIZE)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await?)
+}
