@@ -17,10 +17,12 @@ use crate::authority::{Authority, KeyType, Policy, PrivateKey, RootCa};
 
 mod openssl;
 mod profile_check;
+mod server;
 mod webpki;
 
 pub use openssl::{openssl_available, openssl_verify};
 pub use profile_check::{check_intermediate_profile, check_leaf_profile};
+pub use server::{TestServer, free_port, key_and_csr};
 pub use webpki::webpki_verify;
 
 /// A root and an intermediate for one trust domain, made in memory.

@@ -1,0 +1,177 @@
+//! A real `halyard-ca serve --dev` process on free loopback ports, and clients for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use halyard_proto::api::ca::node_service_client::NodeServiceClient;
+use halyard_proto::api::ca::{AttestRequest, attest_request::Credential};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// A running CA server, killed when dropped.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub grpc: std::net::SocketAddr,
+    pub http: std::net::SocketAddr,
+    binary: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+/// A free loopback port (bound and released: good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// Starts `binary serve --dev` in a fresh data directory, with `extra` flags, and waits
+    /// until its admin socket answers.
+    pub fn start(binary: &Path, extra: &[&str]) -> TestServer {
+        let mut server = TestServer {
+            dir: tempfile::tempdir().unwrap(),
+            grpc: ([127, 0, 0, 1], free_port()).into(),
+            http: ([127, 0, 0, 1], free_port()).into(),
+            binary: binary.to_owned(),
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
+        let child = Command::new(&self.binary)
+            .args(["serve", "--dev", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--grpc-listen", &self.grpc.to_string()])
+            .args(["--http-listen", &self.http.to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("halyard-ca exited with {status}: {}", self.log());
+            }
+            let ok = Command::new(&self.binary)
+                .args(["healthcheck", "--data-dir"])
+                .arg(self.data_dir())
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok && std::net::TcpStream::connect(self.grpc).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("halyard-ca did not become ready: {}", self.log());
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `halyard-ca ARGS --data-dir DATA` and returns its stdout, or its stderr on failure.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.binary)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The trust bundle, PEM.
+    pub fn bundle_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("bundle.pem")).unwrap()
+    }
+
+    /// A gRPC channel over TLS to the server, checking its name `localhost` against the
+    /// bundle, presenting `identity` (chain PEM, key PEM) when given.
+    pub async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.bundle_pem()))
+            .domain_name("localhost");
+        if let Some((chain, key)) = identity {
+            tls = tls.identity(Identity::from_pem(chain, key));
+        }
+        Endpoint::from_shared(format!("https://{}", self.grpc))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Attests node `name` with a fresh join token; returns (chain PEM, key PEM) of its SVID.
+    pub async fn attest_node(&self, name: &str) -> (String, String) {
+        let token = self.cli(&["token", "create", "--node", name]).unwrap();
+        let (key, csr) = key_and_csr(None);
+        let response = NodeServiceClient::new(self.channel(None).await)
+            .attest(AttestRequest {
+                credential: Some(Credential::JoinToken(token.trim().to_owned())),
+                csr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let svid = response.svid.unwrap();
+        let chain = crate::authority::certs_to_pem(svid.cert_chain.iter().map(Vec::as_slice));
+        (chain, key)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh P-256 key (PKCS#8 PEM) and a DER CSR over it, with `id` as its URI SAN if given.
+pub fn key_and_csr(id: Option<&str>) -> (String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(id) = id {
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    }
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    (key.serialize_pem(), csr)
+}
