@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The CA's limits.
 pub(super) struct Limits {
@@ -30,10 +30,7 @@ impl Limits {
 
     /// A slot for one signature, or `None` when `max_in_flight` are already running.
     pub(super) fn slot(&self) -> Option<SemaphorePermit<'_>> {
-        match self.in_flight.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
-        }
+        self.in_flight.try_acquire().ok()
     }
 
     /// Takes `n` certificates from `node`'s budget; false when it is spent.

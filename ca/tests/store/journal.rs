@@ -203,6 +203,29 @@ pub(super) async fn concurrent_records_are_group_committed(db: TestDb) {
     assert_eq!(report.rows_checked, 200);
 }
 
+/// Two stores on one database, as two CA replicas (or a CA and an offline `sign`), appending at
+/// once: one chain, no fork, no lost row. (Small batches: many transactions racing for the head.)
+pub(super) async fn two_replicas_share_one_chain(db: TestDb) {
+    let options = StoreOptions { max_batch: 2, ..StoreOptions::default() };
+    let replicas = [db.open_with(options).await, db.open_with(options).await];
+    let tasks: Vec<_> = (1..=200)
+        .map(|n| {
+            let store = replicas[usize::try_from(n % 2).unwrap()].clone();
+            tokio::spawn(async move { store.record_issued(record(n)).await })
+        })
+        .collect();
+    let mut seqs = BTreeSet::new();
+    for task in tasks {
+        seqs.insert(task.await.unwrap().unwrap().seq);
+    }
+    assert_eq!(seqs, (1..=200).collect());
+    for store in &replicas {
+        let report = store.verify_journal().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.rows_checked, 200);
+    }
+}
+
 pub(super) async fn a_tiny_queue_still_commits_everything(db: TestDb) {
     let store = db
         .open_with(StoreOptions {
