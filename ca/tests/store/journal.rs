@@ -206,7 +206,10 @@ pub(super) async fn concurrent_records_are_group_committed(db: TestDb) {
 /// Two stores on one database, as two CA replicas (or a CA and an offline `sign`), appending at
 /// once: one chain, no fork, no lost row. (Small batches: many transactions racing for the head.)
 pub(super) async fn two_replicas_share_one_chain(db: TestDb) {
-    let options = StoreOptions { max_batch: 2, ..StoreOptions::default() };
+    let options = StoreOptions {
+        max_batch: 2,
+        ..StoreOptions::default()
+    };
     let replicas = [db.open_with(options).await, db.open_with(options).await];
     let tasks: Vec<_> = (1..=200)
         .map(|n| {

@@ -26,7 +26,7 @@ pub(super) enum Lock {
     ForAppend(Backend),
 }
 
-/// A transaction that may append to (or prune) the chain. SQLite: `BEGIN` takes the
+/// A transaction that may append to (or prune) the chain. SQLite: `BEGIN IMMEDIATE` takes the
 /// database's write lock up front, so two writers never both read the same head; PostgreSQL:
 /// [`read`] with [`Lock::ForAppend`] locks the head row.
 pub(super) async fn begin_append(
@@ -34,7 +34,7 @@ pub(super) async fn begin_append(
     backend: Backend,
 ) -> Result<Transaction<'static, Any>, StoreError> {
     Ok(match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN").await?,
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
         Backend::Postgres => pool.begin().await?,
     })
 }
@@ -50,7 +50,7 @@ pub(super) async fn read(
         }
         Lock::ForAppend(Backend::Postgres) => {
             "SELECT head_seq, head_hash, anchor_seq, anchor_hash FROM journal_head WHERE id = 1 \
-             "
+             FOR UPDATE"
         }
     };
     let row = sqlx::query(sql)

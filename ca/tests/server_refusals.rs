@@ -1,0 +1,296 @@
+//! What the running CA refuses, and how: admin commands with bad input, and gRPC callers over
+//! their limits or without the right credential. Each refusal has its own precise message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use halyard_ca::testing::{TestServer, key_and_csr};
+use halyard_proto::api::ca::node_service_client::NodeServiceClient;
+use halyard_proto::api::ca::svid_result::Result as ItemResult;
+use halyard_proto::api::ca::svid_service_client::SvidServiceClient;
+use halyard_proto::api::ca::{
+    AttestRequest, SignX509SvidsRequest, SvidRequest, attest_request::Credential,
+};
+use tonic::Code;
+
+const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn server(extra: &[&str]) -> TestServer {
+    TestServer::start(Path::new(env!("CARGO_BIN_EXE_halyard-ca")), extra)
+}
+
+#[test]
+fn admin_commands_refuse_bad_input_precisely() {
+    let server = server(&[]);
+    let create = |id: &str, selector: &str| {
+        server.cli(&[
+            "entry",
+            "create",
+            "--node",
+            "worker-1",
+            "--spiffe-id",
+            id,
+            "--selector",
+            selector,
+        ])
+    };
+    create(WEB, "unix:uid:1000").unwrap();
+    let cases: Vec<(&str, Result<String, String>, &str)> = vec![
+        (
+            "bad node name",
+            server.cli(&["token", "create", "--node", "bad/name"]),
+            "InvalidArgument: node name \"bad/name\"",
+        ),
+        (
+            "ID of another trust domain",
+            create("spiffe://other.org/x", "unix:uid:1"),
+            "InvalidArgument: spiffe://other.org/x is not in trust domain cluster.local",
+        ),
+        (
+            "trust domain ID",
+            create("spiffe://cluster.local", "unix:uid:1"),
+            "has no path: it names the trust domain",
+        ),
+        (
+            "not a SPIFFE ID",
+            create("https://x", "unix:uid:1"),
+            "InvalidArgument: spiffe_id \"https://x\"",
+        ),
+        (
+            "unknown selector kind",
+            create(WEB, "docker:label:x"),
+            "selector kind \"docker\" is unknown",
+        ),
+        (
+            "unknown selector key",
+            create(WEB, "unix:name:x"),
+            "selector unix:name is unknown: expected one of unix:uid, unix:gid, unix:path",
+        ),
+        (
+            "non-numeric uid",
+            create(WEB, "unix:uid:abc"),
+            "selector unix:uid:abc: uid must be a number",
+        ),
+        (
+            "selector without parts",
+            create(WEB, "nocolon"),
+            "--selector \"nocolon\": expected KIND:KEY:VALUE",
+        ),
+        (
+            "duplicate entry",
+            create(WEB, "unix:uid:1000"),
+            "AlreadyExists: ",
+        ),
+        (
+            "unknown entry id",
+            server.cli(&["entry", "delete", "--id", "nope"]),
+            "NotFound: no entry with id \"nope\"",
+        ),
+    ];
+    for (name, result, expected) in cases {
+        let err = result.expect_err(name);
+        assert!(
+            err.contains(expected),
+            "{name}:\n  expected: {expected}\n  got: {err}"
+        );
+    }
+    // The refusals changed nothing: still the one entry.
+    let list = server.cli(&["entry", "list"]).unwrap();
+    assert_eq!(list.lines().count(), 1, "{list}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-ca"))
+        .args([
+            "token",
+            "create",
+            "--node",
+            "n",
+            "--admin-socket",
+            "/nonexistent/admin.sock",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the CA's admin socket /nonexistent/admin.sock"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn attestation_refuses_missing_credentials_and_keeps_the_token_on_a_bad_csr() {
+    let server = server(&[]);
+    let mut nodes = NodeServiceClient::new(server.channel(None).await);
+    let (_, csr) = key_and_csr(None);
+    let err = nodes
+        .attest(AttestRequest {
+            credential: None,
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("present a join token"),
+        "{}",
+        err.message()
+    );
+
+    let err = nodes
+        .attest(AttestRequest {
+            credential: Some(Credential::JoinToken("made-up".into())),
+            csr: csr.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // A bad CSR is refused before the token is spent: the same token works afterwards.
+    let token = server
+        .cli(&["token", "create", "--node", "worker-1"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let err = nodes
+        .attest(AttestRequest {
+            credential: Some(Credential::JoinToken(token.clone())),
+            csr: b"junk".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let ok = nodes
+        .attest(AttestRequest {
+            credential: Some(Credential::JoinToken(token)),
+            csr,
+        })
+        .await
+        .unwrap();
+    assert!(ok.into_inner().svid.is_some());
+
+    // A CSR naming another node's ID is refused.
+    let token = server
+        .cli(&["token", "create", "--node", "worker-2"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (_, csr) = key_and_csr(Some("spiffe://cluster.local/halyard/node/worker-9"));
+    let err = nodes
+        .attest(AttestRequest {
+            credential: Some(Credential::JoinToken(token)),
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test]
+async fn signing_refuses_big_batches_fast_nodes_and_non_nodes() {
+    let server = server(&["--max-batch", "4", "--node-rate-limit", "2"]);
+    server
+        .cli(&[
+            "entry",
+            "create",
+            "--node",
+            "worker-1",
+            "--spiffe-id",
+            WEB,
+            "--selector",
+            "unix:uid:1",
+        ])
+        .unwrap();
+    let (chain, key) = server.attest_node("worker-1").await;
+    let mut svids = SvidServiceClient::new(server.channel(Some((&chain, &key))).await);
+    let item = || SvidRequest {
+        spiffe_id: WEB.into(),
+        csr: key_and_csr(Some(WEB)).1,
+        ttl_seconds: 0,
+    };
+
+    let err = svids
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: (0..5).map(|_| item()).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "batch of 5 CSRs; the limit is 4");
+
+    // A budget of 2/s with a burst of 4: the fifth certificate in a row is refused.
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let results = svids
+            .sign_x509_svids(SignX509SvidsRequest {
+                requests: (0..3).map(|_| item()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for result in results {
+            codes.push(match result.result.unwrap() {
+                ItemResult::Svid(_) => Code::Ok,
+                ItemResult::Error(e) => {
+                    assert!(
+                        e.message
+                            .contains("over its rate limit of 2 certificates per second"),
+                        "{}",
+                        e.message
+                    );
+                    Code::from(e.code)
+                }
+            });
+        }
+    }
+    assert_eq!(&codes[..4], [Code::Ok; 4]);
+    assert!(
+        codes[4..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_workload_svid_cannot_act_as_a_node() {
+    let server = server(&[]);
+    server
+        .cli(&[
+            "entry",
+            "create",
+            "--node",
+            "worker-1",
+            "--spiffe-id",
+            WEB,
+            "--selector",
+            "unix:uid:1",
+        ])
+        .unwrap();
+    let (chain, key) = server.attest_node("worker-1").await;
+    let mut svids = SvidServiceClient::new(server.channel(Some((&chain, &key))).await);
+    let (web_key, web_csr) = key_and_csr(Some(WEB));
+    let result = svids
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: vec![SvidRequest {
+                spiffe_id: WEB.into(),
+                csr: web_csr,
+                ttl_seconds: 0,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .remove(0);
+    let Some(ItemResult::Svid(web)) = result.result else {
+        panic!("{result:?}")
+    };
+    let web_chain = halyard_ca::authority::certs_to_pem(web.cert_chain.iter().map(Vec::as_slice));
+    let mut as_workload =
+        SvidServiceClient::new(server.channel(Some((&web_chain, &web_key))).await);
+    let err = as_workload
+        .sign_x509_svids(SignX509SvidsRequest { requests: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), format!("{WEB} is not a node identity"));
+}
