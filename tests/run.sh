@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Halyard's tests need on a fresh machine, then runs every test:
 # formatting, lints, all unit/integration/end-to-end tests including the ignored ones that need
-# external programs, doc tests, the fuzz targets' build, and the demo.
+# external programs (OpenSSL, PostgreSQL), doc tests, the fuzz targets' build, and the demo.
 #
 #   ./tests/run.sh
 set -euo pipefail
@@ -18,6 +18,9 @@ if ((${#apt_packages[@]})); then
 fi
 cargo nextest --version >/dev/null 2>&1 || cargo install --locked cargo-nextest
 openssl version
+# A throwaway PostgreSQL cluster for the store tests (installed from Debian if missing);
+# exports HALYARD_TEST_POSTGRES_URL and stops the cluster on exit.
+source tests/postgres.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

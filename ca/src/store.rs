@@ -160,6 +160,12 @@ impl Store {
 }
 
 async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        // Each pooled connection would see its own database, gone when it closes.
+        return Err(StoreError::InvalidOptions(
+            "an in-memory SQLite database cannot hold the CA's state: give a file".into(),
+        ));
+    }
     // The `Any` driver only knows URLs, which carry no journal mode: a first, direct connection
     // creates the file and switches it to WAL, which then persists in the file itself. (Switching
     // needs an exclusive lock that a busy timeout cannot wait for, so it is done once, here.)

@@ -3,6 +3,8 @@
 //! PostgreSQL tests are ignored by default and started by the README test command, which sources
 //! `tests/postgres.sh`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod store {
     mod entries;
     mod journal;

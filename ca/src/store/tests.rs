@@ -22,6 +22,31 @@ fn backends_by_url_scheme() {
     assert!(Backend::from_url("halyard.db").is_err());
 }
 
+#[tokio::test]
+async fn in_memory_sqlite_is_refused() {
+    for url in ["sqlite::memory:", "sqlite://halyard.db?mode=memory"] {
+        let refused = Store::open(url, StoreOptions::default()).await.err();
+        assert!(
+            matches!(refused, Some(StoreError::InvalidOptions(_))),
+            "{url}: {refused:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sqlite_file_in_a_missing_directory_is_a_database_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("missing/halyard.db").display()
+    );
+    let refused = Store::open(&url, StoreOptions::default()).await.err();
+    assert!(
+        matches!(refused, Some(StoreError::Database(_))),
+        "{refused:?}"
+    );
+}
+
 /// What durability rests on: WAL, `synchronous=FULL` on every pooled connection, foreign keys.
 #[tokio::test]
 async fn sqlite_connections_are_wal_full_sync_with_foreign_keys() {

@@ -16,8 +16,15 @@ use super::{IssuedRecord, JournalRow, JournalStats};
 use crate::store::codec::{self, Bind, Sql};
 use crate::store::{Backend, StoreError, StoreOptions};
 
-/// Rows per `INSERT` statement: 11 parameters each stays far below both engines' limits.
-const INSERT_CHUNK: usize = 256;
+/// Rows per `INSERT` statement (11 parameters each: far below both engines' limits). Measured:
+/// PostgreSQL gains from every round trip saved, while sqlx's SQLite binding slows down faster
+/// than linearly with a statement's parameter count (256 rows: ~3x slower than 32).
+fn insert_chunk(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 32,
+        Backend::Postgres => 256,
+    }
+}
 
 /// A record checked and converted to what is stored, before it is queued: nothing about one
 /// caller's row can fail another caller's batch.
@@ -224,8 +231,9 @@ impl Writer {
             prev_hash = row_hash;
         }
 
-        for chunk in rows.chunks(INSERT_CHUNK).zip(batch.chunks(INSERT_CHUNK)) {
-            insert(&mut tx, chunk.0, chunk.1, issued_at).await?;
+        let size = insert_chunk(self.backend);
+        for (rows, batch) in rows.chunks(size).zip(batch.chunks(size)) {
+            insert(&mut tx, rows, batch, issued_at).await?;
         }
         head::set_head(&mut tx, seq, codec::hex(&prev_hash)).await?;
         tx.commit().await?;
