@@ -29,21 +29,6 @@ fn server() -> TestServer {
     TestServer::start(Path::new(env!("CARGO_BIN_EXE_halyard-ca")), &[])
 }
 
-fn entry(server: &TestServer, node: &str, id: &str) {
-    server
-        .cli(&[
-            "entry",
-            "create",
-            "--node",
-            node,
-            "--spiffe-id",
-            id,
-            "--selector",
-            "unix:uid:1000",
-        ])
-        .unwrap();
-}
-
 /// Verifies a DER chain (leaf first) with webpki and strict OpenSSL against the server's bundle.
 fn verify_everywhere(server: &TestServer, chain: &[Vec<u8>], id: &str) {
     let root = certs_from_pem(server.bundle_pem().as_bytes())
@@ -78,8 +63,8 @@ fn verify_everywhere(server: &TestServer, chain: &[Vec<u8>], id: &str) {
 #[ignore = "needs openssl: run via the README test command"]
 async fn a_node_attests_and_signs_a_batch_authorized_by_its_entries() {
     let server = server();
-    entry(&server, "worker-1", WEB);
-    entry(&server, "worker-2", DB);
+    server.entry("worker-1", WEB);
+    server.entry("worker-2", DB);
     let token = server
         .cli(&["token", "create", "--node", "worker-1"])
         .unwrap();
@@ -227,27 +212,9 @@ async fn a_node_attests_and_signs_a_batch_authorized_by_its_entries() {
 #[ignore = "needs openssl: run via the README test command"]
 async fn the_istio_api_signs_the_callers_own_identity_leaf_to_root() {
     let server = server();
-    entry(&server, "worker-1", WEB);
+    server.entry("worker-1", WEB);
     let (node_chain, node_key) = server.attest_node("worker-1").await;
-    let mut svids = SvidServiceClient::new(server.channel(Some((&node_chain, &node_key))).await);
-    let (web_key, web_csr) = key_and_csr(Some(WEB));
-    let result = svids
-        .sign_x509_svids(SignX509SvidsRequest {
-            requests: vec![SvidRequest {
-                spiffe_id: WEB.into(),
-                csr: web_csr,
-                ttl_seconds: 0,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .remove(0);
-    let Some(ItemResult::Svid(web)) = result.result else {
-        panic!("{result:?}")
-    };
-    let web_chain = certs_to_pem(web.cert_chain.iter().map(Vec::as_slice));
+    let (web_chain, web_key) = server.workload_svid((&node_chain, &node_key), WEB).await;
 
     // As istio-agent does: renew over mTLS with the current certificate, PEM CSR.
     let mut istio =
@@ -299,7 +266,7 @@ async fn the_istio_api_signs_the_callers_own_identity_leaf_to_root() {
 #[tokio::test]
 async fn watch_trust_pushes_a_snapshot_when_an_entry_is_created() {
     let server = server();
-    entry(&server, "worker-1", WEB);
+    server.entry("worker-1", WEB);
     let (chain, key) = server.attest_node("worker-1").await;
     let mut trust = TrustServiceClient::new(server.channel(Some((&chain, &key))).await);
     let mut stream = trust
@@ -313,7 +280,7 @@ async fn watch_trust_pushes_a_snapshot_when_an_entry_is_created() {
     assert!(!first.bundle.unwrap().roots.is_empty());
 
     // An entry for another node does not concern this one; an any-node entry does.
-    entry(&server, "worker-2", DB);
+    server.entry("worker-2", DB);
     let created = Instant::now();
     server
         .cli(&[
@@ -347,7 +314,7 @@ async fn watch_trust_pushes_a_snapshot_when_an_entry_is_created() {
 #[tokio::test]
 async fn kill_9_during_signing_loses_no_journal_row_of_a_delivered_certificate() {
     let mut server = server();
-    entry(&server, "worker-1", WEB);
+    server.entry("worker-1", WEB);
     let (chain, key) = server.attest_node("worker-1").await;
     let channel = server.channel(Some((&chain, &key))).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

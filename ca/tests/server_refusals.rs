@@ -253,38 +253,9 @@ async fn signing_refuses_big_batches_fast_nodes_and_non_nodes() {
 #[tokio::test]
 async fn a_workload_svid_cannot_act_as_a_node() {
     let server = server(&[]);
-    server
-        .cli(&[
-            "entry",
-            "create",
-            "--node",
-            "worker-1",
-            "--spiffe-id",
-            WEB,
-            "--selector",
-            "unix:uid:1",
-        ])
-        .unwrap();
+    server.entry("worker-1", WEB);
     let (chain, key) = server.attest_node("worker-1").await;
-    let mut svids = SvidServiceClient::new(server.channel(Some((&chain, &key))).await);
-    let (web_key, web_csr) = key_and_csr(Some(WEB));
-    let result = svids
-        .sign_x509_svids(SignX509SvidsRequest {
-            requests: vec![SvidRequest {
-                spiffe_id: WEB.into(),
-                csr: web_csr,
-                ttl_seconds: 0,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results
-        .remove(0);
-    let Some(ItemResult::Svid(web)) = result.result else {
-        panic!("{result:?}")
-    };
-    let web_chain = halyard_ca::authority::certs_to_pem(web.cert_chain.iter().map(Vec::as_slice));
+    let (web_chain, web_key) = server.workload_svid((&chain, &key), WEB).await;
     let mut as_workload =
         SvidServiceClient::new(server.channel(Some((&web_chain, &web_key))).await);
     let err = as_workload

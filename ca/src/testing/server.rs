@@ -158,6 +158,52 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Registers `id` for workloads with uid 1000 on `node`.
+    pub fn entry(&self, node: &str, id: &str) {
+        self.cli(&[
+            "entry",
+            "create",
+            "--node",
+            node,
+            "--spiffe-id",
+            id,
+            "--selector",
+            "unix:uid:1000",
+        ])
+        .unwrap();
+    }
+
+    /// Has node `node_identity` (chain PEM, key PEM) sign one SVID for `id`; returns
+    /// (chain PEM, key PEM).
+    pub async fn workload_svid(&self, node_identity: (&str, &str), id: &str) -> (String, String) {
+        use halyard_proto::api::ca::svid_result::Result as ItemResult;
+        use halyard_proto::api::ca::svid_service_client::SvidServiceClient;
+        use halyard_proto::api::ca::{SignX509SvidsRequest, SvidRequest};
+        let (key, csr) = key_and_csr(Some(id));
+        let result = SvidServiceClient::new(self.channel(Some(node_identity)).await)
+            .sign_x509_svids(SignX509SvidsRequest {
+                requests: vec![SvidRequest {
+                    spiffe_id: id.into(),
+                    csr,
+                    ttl_seconds: 0,
+                }],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+            .remove(0);
+        let Some(ItemResult::Svid(svid)) = result.result else {
+            panic!("{result:?}")
+        };
+        (
+            crate::authority::certs_to_pem(svid.cert_chain.iter().map(Vec::as_slice)),
+            key,
+        )
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
