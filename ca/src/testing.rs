@@ -16,11 +16,13 @@ use rcgen::{
 use crate::authority::{Authority, KeyType, Policy, PrivateKey, RootCa};
 
 mod openssl;
+mod postgres;
 mod profile_check;
 mod server;
 mod webpki;
 
 pub use openssl::{openssl_available, openssl_verify};
+pub use postgres::{POSTGRES_URL_VAR, fresh_postgres_database, with_database};
 pub use profile_check::{check_intermediate_profile, check_leaf_profile};
 pub use server::{TestServer, free_port, key_and_csr};
 pub use webpki::webpki_verify;

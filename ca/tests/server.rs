@@ -383,3 +383,37 @@ async fn kill_9_during_signing_loses_no_journal_row_of_a_delivered_certificate()
         Some(ItemResult::Svid(_))
     ));
 }
+
+#[tokio::test]
+#[ignore = "needs postgres: run via the README test command"]
+async fn the_server_journals_to_postgresql_and_audit_reads_it_back() {
+    let url = halyard_ca::testing::fresh_postgres_database().await;
+    let server = TestServer::start(
+        Path::new(env!("CARGO_BIN_EXE_halyard-ca")),
+        &["--store-url", &url],
+    );
+    server.entry("worker-1", WEB);
+    let (chain, key) = server.attest_node("worker-1").await;
+    let (web_chain, _) = server.workload_svid((&chain, &key), WEB).await;
+    let serial = halyard_proto::validate_leaf(&certs_from_pem(web_chain.as_bytes()).unwrap()[0])
+        .unwrap()
+        .serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    assert!(
+        !server.data_dir().join("halyard.db").exists(),
+        "no SQLite file with a PostgreSQL store"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-ca"))
+        .args(["audit", "list", "--store-url", &url])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains(&serial), "{list}");
+    assert_eq!(
+        list.lines().count(),
+        3,
+        "server, node and workload certificates: {list}"
+    );
+}

@@ -6,9 +6,6 @@ use halyard_ca::store::{Backend, IssuedRecord, Store, StoreOptions};
 use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
 
-/// Where the PostgreSQL tests find their server (set by sourcing `tests/postgres.sh`).
-const POSTGRES_URL_VAR: &str = "HALYARD_TEST_POSTGRES_URL";
-
 /// A database of its own for one test.
 pub(super) struct TestDb {
     pub(super) url: String,
@@ -30,24 +27,8 @@ impl TestDb {
 
     /// A new database on the test PostgreSQL server. Fails (never skips) without one.
     pub(super) async fn postgres() -> Self {
-        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-            panic!(
-                "{POSTGRES_URL_VAR} is not set: these tests need a PostgreSQL server. \
-                 Run them through the README test command, or `source tests/postgres.sh` first."
-            );
-        };
-        sqlx::any::install_default_drivers();
-        let mut admin = AnyConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
-        let name = format!("halyard_test_{}", random_hex(8));
-        admin
-            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
         Self {
-            url: with_database(&admin_url, &name),
+            url: halyard_ca::testing::fresh_postgres_database().await,
             backend: Backend::Postgres,
             _dir: None,
         }
@@ -75,18 +56,6 @@ impl TestDb {
 }
 
 /// `url` pointing at database `name` instead.
-fn with_database(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
-    let (authority, query) = match rest.split_once('/') {
-        Some((authority, path)) => (authority, path.split_once('?').map(|(_, q)| q)),
-        None => (rest.split_once('?').map_or(rest, |(a, _)| a), None),
-    };
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    }
-}
-
 pub(super) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     SystemRandom::new().fill(&mut buf).unwrap();
@@ -125,17 +94,4 @@ pub(super) fn record_expiring(n: u64, not_after: u64) -> IssuedRecord {
         not_after: at(not_after),
         ..record(n)
     }
-}
-
-#[test]
-fn with_database_replaces_only_the_path() {
-    assert_eq!(
-        with_database("postgres://u:p@127.0.0.1:5432/halyard", "x"),
-        "postgres://u:p@127.0.0.1:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u:p@h:1/db?sslmode=disable", "x"),
-        "postgres://u:p@h:1/x?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
 }
