@@ -3,7 +3,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use halyard_ca::store::{Backend, IssuedRecord, Store, StoreOptions};
-use ring::rand::{SecureRandom, SystemRandom};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Executor};
 
 /// A database of its own for one test.
@@ -56,12 +55,6 @@ impl TestDb {
 }
 
 /// `url` pointing at database `name` instead.
-pub(super) fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    SystemRandom::new().fill(&mut buf).unwrap();
-    hex(&buf)
-}
-
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
