@@ -417,3 +417,58 @@ async fn the_server_journals_to_postgresql_and_audit_reads_it_back() {
         "server, node and workload certificates: {list}"
     );
 }
+
+/// The serial of the certificate the server presents, read with `openssl s_client`.
+fn served_serial(server: &TestServer) -> String {
+    let connect = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &server.grpc.to_string(),
+            "-alpn",
+            "h2",
+            "-servername",
+            "localhost",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let mut x509 = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(&connect.stdout)
+        .unwrap();
+    let out = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+#[ignore = "needs openssl: run via the README test command"]
+fn the_server_replaces_its_own_certificate_at_half_its_life() {
+    let server = TestServer::start(
+        Path::new(env!("CARGO_BIN_EXE_halyard-ca")),
+        &["--max-ttl", "6s", "--default-ttl", "6s"],
+    );
+    let first = served_serial(&server);
+    assert!(first.starts_with("serial="), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = first.clone();
+    while next == first && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        next = served_serial(&server);
+    }
+    assert_ne!(
+        next,
+        first,
+        "the server kept its certificate: {}",
+        server.log()
+    );
+    assert!(next.starts_with("serial="), "{next}");
+}
