@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "halyard/ca/v1/trust.proto",
         "halyard/ca/v1/admin.proto",
         "istio/security/v1alpha1/ca.proto",
+        "spiffe/workload/workload.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -13,7 +13,8 @@ pub mod authority;
 pub mod ceremony;
 pub mod cli;
 pub mod config;
-pub mod files;
+/// Key and certificate files (shared with the node agent).
+pub use halyard_proto::files;
 pub mod server;
 pub mod store;
 

@@ -2,9 +2,10 @@
 //!
 //! One per node: it attests its node to `halyard-ca`, keeps each workload's private key on the
 //! node, and serves X509-SVIDs to Envoy over SDS and to workloads over the SPIFFE Workload API,
-//! rotating them before they expire and replacing them at once when they are revoked.
+//! rotating them before they expire.
 //!
-//! This crate is a skeleton for now: the identity types it shares with the CA live in
-//! [`halyard_proto`].
+//! - [`attest`]: who is calling, as selectors, and which identities they may hold.
+//! - [`cache`]: keys, CSRs, renewal, the last good certificate.
 
-pub use halyard_proto::{SpiffeId, TrustDomain};
+pub mod attest;
+pub mod cache;

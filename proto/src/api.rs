@@ -21,5 +21,10 @@ pub mod istio {
     }
 }
 
+/// The SPIFFE Workload API (its proto has no package).
+pub mod workload {
+    tonic::include_proto!("_");
+}
+
 pub use halyard::ca::v1 as ca;
 pub use istio::v1::auth as istio_auth;

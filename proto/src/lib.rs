@@ -21,6 +21,7 @@
 
 pub mod api;
 mod bundle;
+pub mod files;
 mod spiffe_id;
 mod svid;
 mod trust_domain;

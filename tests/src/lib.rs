@@ -3,3 +3,15 @@
 //!
 //! The offline ceremony's end-to-end tests live beside its binary, in `ca/tests/`, because Cargo
 //! hands a binary's path only to its own package's tests.
+//!
+//! Test support here:
+//! - [`envoy`]: real Envoy proxies (server and client roles, static files or SDS credentials),
+//!   their admin endpoint (`/certs`, `/stats`); `tests/envoy.sh` installs Envoy.
+//! - [`http`]: a tiny blocking HTTP/1.1 GET.
+//! - [`binaries`]: where the workspace's binaries are.
+//! - [`wait`]: polling another process's state.
+
+pub mod binaries;
+pub mod envoy;
+pub mod http;
+pub mod wait;

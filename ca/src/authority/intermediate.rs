@@ -185,7 +185,9 @@ impl Authority {
         let now = truncate_to_secs(now);
         let ttl = self.policy.grant_ttl(ttl);
         let validity = Validity {
-            not_before: now - self.policy.backdate,
+            // Backdated for clocks that run behind, but by at most a tenth of the lifetime, so
+            // that a short-lived certificate is not mostly spent before it is issued.
+            not_before: now - self.policy.backdate.min(ttl.as_duration() / 10),
             not_after: (now + ttl.as_duration()).min(self.not_after),
         };
         let serial = Serial::random().map_err(|_| SignError::Sign("no randomness".into()))?;

@@ -95,20 +95,21 @@ pub struct Policy {
     pub default_ttl: Ttl,
     /// Longest lifetime granted; longer requests are clamped to it.
     pub max_ttl: Ttl,
-    /// How far notBefore is set in the past, for clocks that run behind.
+    /// How far notBefore is set in the past, for clocks that run behind (at most a tenth of the
+    /// certificate's lifetime).
     pub backdate: Duration,
     /// Most DNS names one certificate may carry.
     pub max_dns_names: usize,
 }
 
 impl Default for Policy {
-    /// EC/Ed25519/RSA ≥ 2048 keys, 1 h by default, 24 h at most, 5 min of backdating.
+    /// EC/Ed25519/RSA ≥ 2048 keys, 1 h by default, 24 h at most, 1 min of backdating.
     fn default() -> Self {
         Policy {
             keys: KeyPolicy::default(),
             default_ttl: Ttl::ONE_HOUR,
             max_ttl: Ttl::from_secs(24 * 3600).unwrap_or(Ttl::ONE_HOUR),
-            backdate: Duration::from_secs(300),
+            backdate: Duration::from_secs(60),
             max_dns_names: 32,
         }
     }
