@@ -6,6 +6,15 @@
 //!
 //! - [`attest`]: who is calling, as selectors, and which identities they may hold.
 //! - [`cache`]: keys, CSRs, renewal, the last good certificate.
+//! - [`node`]: the link to the CA: attestation, the node SVID, trust snapshots.
+//! - [`sds`]: Envoy's Secret Discovery Service.
+//! - [`workload_api`]: the SPIFFE Workload API.
 
 pub mod attest;
 pub mod cache;
+pub mod caller;
+pub mod cli;
+pub mod node;
+pub mod sds;
+pub mod server;
+pub mod workload_api;

@@ -1,15 +1,16 @@
-//! `halyard-agent`: Halyard's node agent (a skeleton for now).
+//! `halyard-agent`: Halyard's node agent.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Halyard's node agent: serves X509-SVIDs to Envoy over SDS and to workloads over the SPIFFE
-/// Workload API. Not functional yet: only `--help` and `--version` work.
-#[derive(Debug, Parser)]
-#[command(name = "halyard-agent", version, about)]
-struct Cli {}
-
-fn main() {
-    let Cli {} = Cli::parse();
-    eprintln!("halyard-agent: the node agent is not implemented yet; see README.md");
-    std::process::exit(2);
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    halyard_agent::cli::Cli::parse().run()
 }

@@ -189,6 +189,11 @@ impl Envoy {
         &self.name
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:PORT` of the admin endpoint.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr())
@@ -241,6 +246,28 @@ impl Envoy {
         let body = self.admin_get("/certs").body;
         admin::parse_certs(&body, list)
             .unwrap_or_else(|why| panic!("envoy {} /certs: {why}:\n{body}", self.name))
+    }
+
+    /// Waits until `/certs` shows one of the Envoy's own certificates for which `wanted` holds,
+    /// and returns it. Panics after `timeout` with what `/certs` showed last.
+    ///
+    /// With SDS credentials LIVE does not mean the secrets arrived: Envoy goes LIVE without them
+    /// once the initial fetch times out (15 s by default). This is how to wait for them, or for
+    /// a rotated certificate.
+    pub fn wait_for_cert(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&EnvoyCert) -> bool,
+    ) -> EnvoyCert {
+        crate::wait::wait_until(&format!("envoy {}: {what}", self.name), timeout, || {
+            let certs = self.certs();
+            certs
+                .iter()
+                .find(|c| wanted(c))
+                .cloned()
+                .ok_or_else(|| format!("/certs shows {certs:?}"))
+        })
     }
 
     /// Counters and gauges whose names start with `prefix` (e.g. `listener.server.ssl.`),

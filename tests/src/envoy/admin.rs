@@ -10,7 +10,8 @@ use serde_json::Value;
 pub struct EnvoyCert {
     /// Where it came from: a file path, or `<inline>` for SDS secrets.
     pub path: String,
-    /// The serial number as Envoy prints it: lowercase hex, no leading zeros.
+    /// The serial number as Envoy prints it: lowercase hex, two digits a byte, no leading
+    /// zero bytes (see [`serial_hex`]).
     pub serial_number: String,
     /// Every URI SAN.
     pub uri_sans: Vec<String>,
@@ -31,16 +32,12 @@ impl EnvoyCert {
     }
 }
 
-/// `serial` (big-endian bytes) the way Envoy prints serial numbers: lowercase hex without
-/// leading zeros.
+/// `serial` (big-endian bytes) the way Envoy prints serial numbers (BoringSSL's `BN_bn2hex`,
+/// lowercased): two lowercase hex digits per byte, leading zero bytes dropped, `0` for zero.
 pub fn serial_hex(serial: &[u8]) -> String {
-    let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
-    let trimmed = hex.trim_start_matches('0');
-    if trimmed.is_empty() {
-        "0".to_owned()
-    } else {
-        trimmed.to_owned()
-    }
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    let hex: String = serial[start..].iter().map(|b| format!("{b:02x}")).collect();
+    if hex.is_empty() { "0".to_owned() } else { hex }
 }
 
 /// Which list of each `/certs` entry to read.
@@ -119,7 +116,7 @@ mod tests {
     const CERTS: &str = r#"{"certificates":[{
         "ca_cert":[{"path":"/r.pem","serial_number":"01","subject_alt_names":[{"uri":"spiffe://cluster.local"}],
                     "days_until_expiration":"3650","valid_from":"2025-01-01T00:00:00Z","expiration_time":"2035-01-01T00:00:00Z"}],
-        "cert_chain":[{"path":"<inline>","serial_number":"9F3A","subject_alt_names":[{"uri":"spiffe://cluster.local/ns/default/sa/web"},{"dns":"web"}],
+        "cert_chain":[{"path":"<inline>","serial_number":"0F3A","subject_alt_names":[{"uri":"spiffe://cluster.local/ns/default/sa/web"},{"dns":"web"}],
                     "days_until_expiration":"0","valid_from":"2025-01-01T00:00:00Z","expiration_time":"2025-01-01T01:00:00Z"}]
     }]}"#;
 
@@ -127,8 +124,9 @@ mod tests {
     fn certs_are_read_from_the_chain_and_the_roots() {
         let chain = parse_certs(CERTS, CertList::Chain).unwrap();
         assert_eq!(chain.len(), 1);
-        assert_eq!(chain[0].serial_number, "9f3a");
-        assert!(chain[0].has_serial(&[0x00, 0x9f, 0x3a]));
+        assert_eq!(chain[0].serial_number, "0f3a");
+        assert!(chain[0].has_serial(&[0x00, 0x0f, 0x3a]));
+        assert!(!chain[0].has_serial(&[0xf3, 0xa0]));
         assert_eq!(
             chain[0].spiffe_id.as_ref().unwrap().as_str(),
             "spiffe://cluster.local/ns/default/sa/web"
@@ -167,7 +165,8 @@ mod tests {
 
     #[test]
     fn serials_print_like_envoy() {
-        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "abc");
+        assert_eq!(serial_hex(&[0x00, 0x0a, 0xbc]), "0abc");
+        assert_eq!(serial_hex(&[0x80, 0x01]), "8001");
         assert_eq!(serial_hex(&[0x00]), "0");
         assert_eq!(serial_hex(&[]), "0");
     }

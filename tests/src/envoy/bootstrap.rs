@@ -214,6 +214,14 @@ fn bootstrap(config: &EnvoyConfig, ports: Ports) -> Value {
         "node": {"id": config.name, "cluster": "halyard-tests"},
         "admin": {"address": socket_address("127.0.0.1", ports.admin)},
         "static_resources": {"listeners": [listener], "clusters": clusters},
+        // Without a limit Envoy warns at every start, which buries what a failing test's log says.
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 1000,
+            },
+        }]},
     })
 }
 

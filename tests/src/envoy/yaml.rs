@@ -1,6 +1,9 @@
 //! Writes a JSON value as block-style YAML, so that rendered bootstraps read like the YAML in
-//! Envoy's documentation. Strings are always double-quoted (JSON escaping is valid YAML), so no
-//! value can change meaning; keys are quoted unless they are plain identifiers (`"@type"` is).
+//! Envoy's documentation. In each mapping `@type` and `name` come first, then the other keys in
+//! alphabetical order (serde_json's maps are sorted). A string is written plain only when YAML
+//! cannot read it as anything but that string (`URI`, `/run/x.sock`, `envoy.filters.http.router`);
+//! otherwise it is double-quoted with JSON escaping, which YAML reads the same (`"5s"`,
+//! `"127.0.0.1"`, `"spiffe://…"`, `"true"`).
 
 use serde_json::Value;
 
@@ -19,7 +22,12 @@ pub(crate) fn to_yaml(value: &Value) -> String {
 }
 
 fn write_object(out: &mut String, map: &serde_json::Map<String, Value>, indent: usize) {
-    for (key, value) in map {
+    let first = ["@type", "name"];
+    let ordered = first
+        .iter()
+        .filter_map(|key| map.get_key_value(*key))
+        .chain(map.iter().filter(|(key, _)| !first.contains(&key.as_str())));
+    for (key, value) in ordered {
         out.push_str(&" ".repeat(indent));
         out.push_str(&key_text(key));
         out.push(':');
@@ -64,20 +72,32 @@ fn inline(value: &Value) -> String {
     match value {
         Value::Object(_) => "{}".to_owned(),
         Value::Array(_) => "[]".to_owned(),
-        // Strings, numbers, booleans and null are written as JSON, which YAML reads the same.
+        Value::String(text) => quoted_unless_plain(text),
+        // Numbers, booleans and null are written as JSON, which YAML reads the same.
         other => other.to_string(),
     }
 }
 
 fn key_text(key: &str) -> String {
-    let plain = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && key
+    quoted_unless_plain(key)
+}
+
+/// `text` as is when it starts with a letter or `/`, holds only letters, digits and `_-./`,
+/// and is none of YAML's words for booleans and null; else JSON-quoted.
+fn quoted_unless_plain(text: &str) -> String {
+    const WORDS: &[&str] = &["true", "false", "null", "yes", "no", "on", "off", "y", "n"];
+    let plain = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '/')
+        && text
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && !WORDS.iter().any(|w| w.eq_ignore_ascii_case(text));
     if plain {
-        key.to_owned()
+        text.to_owned()
     } else {
-        Value::String(key.to_owned()).to_string()
+        Value::String(text.to_owned()).to_string()
     }
 }
 
@@ -92,21 +112,49 @@ mod tests {
         let value = json!({
             "a": {"b": 1, "c": [true, "x: y"]},
             "@type": "t",
-            "list": [{"k": "v", "m": {"n": null}}, [1, 2], {}],
+            "list": [{"k": "v", "name": "nm", "m": {"x": null}}, [1, 2], {}],
             "empty": [],
         });
         assert_eq!(
             to_yaml(&value),
-            "\"@type\": \"t\"\n\
+            "\"@type\": t\n\
              a:\n  b: 1\n  c:\n    - true\n    - \"x: y\"\n\
              empty: []\n\
-             list:\n  - k: \"v\"\n    m:\n      n: null\n  - - 1\n    - 2\n  - {}\n"
+             list:\n  - name: nm\n    k: v\n    m:\n      x: null\n  - - 1\n    - 2\n  - {}\n"
         );
     }
 
     #[test]
+    fn strings_yaml_could_misread_are_quoted() {
+        let plain = [
+            "URI",
+            "/run/halyard/agent.sock",
+            "envoy.filters.http.router",
+            "a-b_c",
+        ];
+        for text in plain {
+            assert_eq!(to_yaml(&json!(text)), format!("{text}\n"));
+        }
+        let quoted = [
+            "5s",
+            "127.0.0.1",
+            "spiffe://td/x",
+            "true",
+            "No",
+            "",
+            "a b",
+            "%X%",
+            "*",
+            "-a",
+        ];
+        for text in quoted {
+            assert_eq!(to_yaml(&json!(text)), format!("{}\n", json!(text)));
+        }
+    }
+
+    #[test]
     fn a_bare_scalar_is_one_line() {
-        assert_eq!(to_yaml(&json!("s")), "\"s\"\n");
+        assert_eq!(to_yaml(&json!(7)), "7\n");
         assert_eq!(to_yaml(&json!({})), "{}\n");
     }
 }

@@ -1,0 +1,163 @@
+//! `halyard-agent run --config FILE | flags`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use halyard_proto::Ttl;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::attest::UnixAttestor;
+use crate::cache::{Cache, CacheOptions, TrustState};
+use crate::caller::AgentState;
+use crate::node::{CaEndpoint, NodeClient, RemoteSigner, watch_trust};
+
+/// The agent's settings: a TOML file with these keys, each also a flag (flags win).
+#[derive(Debug, Default, Deserialize, Args)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunArgs {
+    /// TOML file with any of the keys below.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The CA, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    ca_address: Option<String>,
+    /// PEM roots to trust for the CA's certificate (the CA's bundle.pem).
+    #[arg(long)]
+    trust_bundle: Option<PathBuf>,
+    /// A join token from `halyard-ca token create` (needed only until the node SVID is stored).
+    #[arg(long, env = "HALYARD_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// The socket for SDS and the Workload API.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Where the node SVID and key are kept.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Lifetime to ask for workload certificates (default: the entry's or the CA's).
+    #[arg(long)]
+    ttl: Option<String>,
+}
+
+impl RunArgs {
+    fn merged(self) -> Result<RunArgs, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: RunArgs = toml::from_str(&text).map_err(|e| {
+            format!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        Ok(RunArgs {
+            config: self.config,
+            ca_address: self.ca_address.or(file.ca_address),
+            trust_bundle: self.trust_bundle.or(file.trust_bundle),
+            join_token: self.join_token.or(file.join_token),
+            socket: self.socket.or(file.socket),
+            data_dir: self.data_dir.or(file.data_dir),
+            ttl: self.ttl.or(file.ttl),
+        })
+    }
+
+    pub(super) fn run(self) -> Result<(), String> {
+        let args = self.merged()?;
+        let ca_address = args
+            .ca_address
+            .ok_or("--ca-address is required (e.g. https://127.0.0.1:8443)")?;
+        let trust_bundle_path = args
+            .trust_bundle
+            .ok_or("--trust-bundle is required (the CA's bundle.pem)")?;
+        let trust_bundle = std::fs::read_to_string(&trust_bundle_path)
+            .map_err(|e| format!("--trust-bundle {}: {e}", trust_bundle_path.display()))?;
+        if !trust_bundle.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "--trust-bundle {}: no PEM certificate in it",
+                trust_bundle_path.display()
+            ));
+        }
+        let socket = args
+            .socket
+            .unwrap_or_else(|| PathBuf::from("/run/halyard/agent.sock"));
+        let data_dir = args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/halyard-agent"));
+        let ttl = args
+            .ttl
+            .as_deref()
+            .map(str::parse::<Ttl>)
+            .transpose()
+            .map_err(|e| format!("--ttl: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async move {
+            let endpoint = CaEndpoint {
+                address: ca_address,
+                trust_bundle,
+                data_dir,
+            };
+            let shutdown = CancellationToken::new();
+            let on_signal = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let term = shutdown.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    s.recv().await;
+                    term.cancel();
+                }
+            });
+            run_agent(endpoint, args.join_token.as_deref(), &socket, ttl, shutdown).await
+        })
+    }
+}
+
+async fn run_agent(
+    endpoint: CaEndpoint,
+    join_token: Option<&str>,
+    socket: &Path,
+    ttl: Option<Ttl>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let client = NodeClient::join(endpoint, join_token)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(node = %client.svid().spiffe_id, "joined the CA");
+    tokio::spawn(client.clone().keep_renewed(shutdown.clone()));
+    let (trust_tx, trust_rx) = watch::channel(Arc::new(TrustState::default()));
+    tokio::spawn(watch_trust(client.clone(), trust_tx, shutdown.clone()));
+    let cache = Cache::spawn(
+        Arc::new(RemoteSigner::new(client)),
+        trust_rx,
+        CacheOptions {
+            ttl,
+            ..CacheOptions::default()
+        },
+        shutdown.clone(),
+    );
+    let state = AgentState {
+        cache,
+        attestor: Arc::new(UnixAttestor::default()),
+    };
+    println!(
+        "halyard-agent is serving SDS and the Workload API on {}",
+        socket.display()
+    );
+    crate::server::serve(socket, state, shutdown)
+        .await
+        .map_err(|e| format!("socket {}: {e}", socket.display()))
+}

@@ -1,0 +1,277 @@
+//! The agent's link to the CA: node attestation, the node SVID (kept on disk so a restart needs
+//! no new token, renewed over mTLS at half its life), trust snapshots, and the signer the cache
+//! uses.
+
+mod identity;
+mod trust;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use halyard_proto::api::ca::attest_request::Credential;
+use halyard_proto::api::ca::node_service_client::NodeServiceClient;
+use halyard_proto::api::ca::svid_result::Result as ItemResult;
+use halyard_proto::api::ca::svid_service_client::SvidServiceClient;
+use halyard_proto::api::ca::{AttestRequest, SignX509SvidsRequest, SvidRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, warn};
+
+use crate::cache::timing::{backoff, draw, refresh_at};
+use crate::cache::{SignRequest, SignedChain, SvidSigner};
+
+pub use identity::NodeSvid;
+pub use trust::watch_trust;
+
+/// Why the agent could not join or talk to the CA.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] halyard_proto::files::FileError),
+    /// The CA address is not a URL tonic accepts.
+    #[error("--ca-address {address:?}: {reason}")]
+    Address {
+        /// The address given.
+        address: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// No stored node SVID and no join token.
+    #[error(
+        "{0} holds no usable node SVID and no --join-token was given: create one with `halyard-ca token create --node NAME`"
+    )]
+    NoCredential(PathBuf),
+    /// The CA could not be reached.
+    #[error("cannot reach the CA at {address}: {reason}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The CA refused.
+    #[error("the CA refused: {0}")]
+    Refused(String),
+    /// The node SVID the CA returned is not usable.
+    #[error("the CA returned an unusable node SVID: {0}")]
+    BadSvid(String),
+}
+
+/// How to reach the CA.
+#[derive(Clone, Debug)]
+pub struct CaEndpoint {
+    /// `https://host:port`.
+    pub address: String,
+    /// PEM roots to trust for the CA's own certificate.
+    pub trust_bundle: String,
+    /// Where the node SVID is kept.
+    pub data_dir: PathBuf,
+}
+
+/// A connection to the CA authenticated with the node SVID, replaced when the SVID is renewed.
+#[derive(Clone)]
+pub struct NodeClient {
+    endpoint: CaEndpoint,
+    current: Arc<RwLock<(Arc<NodeSvid>, Channel)>>,
+}
+
+impl NodeClient {
+    /// Joins the CA: with the node SVID stored in the data directory if it is still valid, else
+    /// by attesting with `join_token`.
+    pub async fn join(
+        endpoint: CaEndpoint,
+        join_token: Option<&str>,
+    ) -> Result<NodeClient, NodeError> {
+        let svid = match NodeSvid::load(&endpoint.data_dir)? {
+            Some(svid) if svid.not_after > SystemTime::now() + Duration::from_secs(10) => {
+                info!(id = %svid.spiffe_id, "using the stored node SVID");
+                svid
+            }
+            _ => {
+                let token =
+                    join_token.ok_or_else(|| NodeError::NoCredential(endpoint.data_dir.clone()))?;
+                let svid = attest(&endpoint, Some(token), None).await?;
+                svid.store(&endpoint.data_dir)?;
+                info!(id = %svid.spiffe_id, "attested with a join token");
+                svid
+            }
+        };
+        let channel = channel(&endpoint, Some(&svid)).await?;
+        Ok(NodeClient {
+            endpoint,
+            current: Arc::new(RwLock::new((Arc::new(svid), channel))),
+        })
+    }
+
+    /// The channel to use now.
+    pub fn channel(&self) -> Channel {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// The node SVID in use.
+    pub fn svid(&self) -> Arc<NodeSvid> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Renews the node SVID at half its life, over mTLS with the current one, until `shutdown`.
+    pub async fn keep_renewed(self, shutdown: CancellationToken) {
+        let mut failures = 0;
+        loop {
+            let svid = self.svid();
+            let renew = refresh_at(svid.not_before, svid.not_after, draw() * 2.0 - 1.0);
+            let wait = if failures == 0 {
+                renew
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
+            } else {
+                backoff(
+                    failures,
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                    draw(),
+                )
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.renew().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(error = %e, "cannot renew the node SVID; keeping the current one");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew(&self) -> Result<(), NodeError> {
+        let current = self.svid();
+        let svid = attest(&self.endpoint, None, Some(&current)).await?;
+        svid.store(&self.endpoint.data_dir)?;
+        let channel = channel(&self.endpoint, Some(&svid)).await?;
+        info!(serial = %svid.serial, "renewed the node SVID");
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(svid), channel);
+        Ok(())
+    }
+}
+
+/// A TLS channel to the CA, presenting `svid` when given.
+async fn channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Channel, NodeError> {
+    let address_err = |reason: String| NodeError::Address {
+        address: endpoint.address.clone(),
+        reason,
+    };
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&endpoint.trust_bundle));
+    if let Some(svid) = svid {
+        tls = tls.identity(Identity::from_pem(
+            svid.chain_pem(),
+            svid.key_pem().as_bytes(),
+        ));
+    }
+    Endpoint::from_shared(endpoint.address.clone())
+        .map_err(|e| address_err(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| address_err(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| NodeError::Connect {
+            address: endpoint.address.clone(),
+            reason: error_chain(&e),
+        })
+}
+
+/// Attests with a join token, or renews over mTLS with `current`.
+async fn attest(
+    endpoint: &CaEndpoint,
+    token: Option<&str>,
+    current: Option<&NodeSvid>,
+) -> Result<NodeSvid, NodeError> {
+    let (key, csr) = NodeSvid::new_key_and_csr().map_err(NodeError::BadSvid)?;
+    let channel = channel(endpoint, current).await?;
+    let response = NodeServiceClient::new(channel)
+        .attest(AttestRequest {
+            credential: token.map(|t| Credential::JoinToken(t.to_owned())),
+            csr,
+        })
+        .await
+        .map_err(|s| NodeError::Refused(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let svid = response
+        .svid
+        .ok_or_else(|| NodeError::BadSvid("no SVID in the answer".into()))?;
+    NodeSvid::from_parts(svid.cert_chain, key).map_err(NodeError::BadSvid)
+}
+
+/// An error and its sources, for messages.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    text
+}
+
+/// The cache's signer: `SignX509Svids` over the node's channel.
+pub struct RemoteSigner {
+    client: NodeClient,
+}
+
+impl RemoteSigner {
+    /// A signer over `client`.
+    pub fn new(client: NodeClient) -> RemoteSigner {
+        RemoteSigner { client }
+    }
+}
+
+#[tonic::async_trait]
+impl SvidSigner for RemoteSigner {
+    async fn sign(
+        &self,
+        requests: Vec<SignRequest>,
+    ) -> Result<Vec<Result<SignedChain, String>>, String> {
+        let requests = requests
+            .into_iter()
+            .map(|r| SvidRequest {
+                spiffe_id: r.spiffe_id.to_string(),
+                csr: r.csr,
+                ttl_seconds: r.ttl.map_or(0, halyard_proto::Ttl::as_secs),
+            })
+            .collect();
+        let response = SvidServiceClient::new(self.client.channel())
+            .sign_x509_svids(SignX509SvidsRequest { requests })
+            .await
+            .map_err(|s| format!("SignX509Svids: {:?}: {}", s.code(), s.message()))?;
+        Ok(response
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(ItemResult::Svid(svid)) => Ok(SignedChain {
+                    chain: svid.cert_chain,
+                }),
+                Some(ItemResult::Error(e)) => {
+                    Err(format!("{:?}: {}", tonic::Code::from(e.code), e.message))
+                }
+                None => Err("the CA sent an empty result".to_owned()),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,141 @@
+//! `DeltaSecrets`: incremental SDS. Only resources that changed are sent; resources the caller
+//! may no longer have are removed.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::SECRET_TYPE_URL;
+use super::subscriptions::Subscriptions;
+use crate::caller::{AgentState, Caller};
+
+enum Event {
+    Request(DeltaDiscoveryRequest),
+    Changed,
+    Done,
+}
+
+pub(super) async fn serve(
+    state: AgentState,
+    caller: Caller,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut subscriptions = Subscriptions::new(state, caller);
+    let mut names: Vec<String> = Vec::new();
+    // What Envoy holds, by name: the version last sent (or reported on reconnect).
+    let mut held: HashMap<String, String> = HashMap::new();
+    let mut started = false;
+    let mut nonce = 0u64;
+    loop {
+        let event = tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(request)) => Event::Request(request),
+                Ok(None) => Event::Done,
+                Err(status) => {
+                    debug!(%status, "Envoy closed the stream");
+                    Event::Done
+                }
+            },
+            changed = subscriptions.changed(), if started => match changed {
+                Ok(()) => Event::Changed,
+                Err(_) => Event::Done,
+            },
+            () = tx.closed() => Event::Done,
+        };
+        match event {
+            Event::Done => return,
+            Event::Changed => {}
+            Event::Request(request) => {
+                if !request.response_nonce.is_empty() {
+                    match &request.error_detail {
+                        Some(error) => {
+                            warn!(nonce = %request.response_nonce, error = %error.message, "Envoy rejected the secrets (NACK)")
+                        }
+                        None => {
+                            debug!(nonce = %request.response_nonce, "Envoy accepted the secrets (ACK)")
+                        }
+                    }
+                }
+                if !started {
+                    held.extend(request.initial_resource_versions.clone());
+                }
+                let before = names.clone();
+                for name in &request.resource_names_subscribe {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+                for name in &request.resource_names_unsubscribe {
+                    names.retain(|n| n != name);
+                    held.remove(name);
+                }
+                if started && names == before {
+                    continue;
+                }
+                if let Err(status) = subscriptions.set(&names).await {
+                    info!(names = ?names, %status, "refused");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                started = true;
+            }
+        }
+        let current = match subscriptions.current().await {
+            Ok(current) => current,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let changed: Vec<_> = current
+            .ready
+            .into_iter()
+            .filter(|r| held.get(&r.name) != Some(&r.version))
+            .collect();
+        let removed: Vec<String> = current
+            .withdrawn
+            .into_iter()
+            .filter(|name| held.contains_key(name))
+            .collect();
+        if changed.is_empty() && removed.is_empty() {
+            continue;
+        }
+        for name in &removed {
+            held.remove(name);
+        }
+        for resource in &changed {
+            held.insert(resource.name.clone(), resource.version.clone());
+        }
+        nonce += 1;
+        debug!(
+            changed = ?changed.iter().map(|r| (&r.name, &r.version)).collect::<Vec<_>>(),
+            ?removed,
+            "sending secret changes"
+        );
+        let response = DeltaDiscoveryResponse {
+            system_version_info: nonce.to_string(),
+            resources: changed
+                .into_iter()
+                .map(|r| Resource {
+                    name: r.name,
+                    version: r.version,
+                    resource: Some(r.secret),
+                    ..Resource::default()
+                })
+                .collect(),
+            type_url: SECRET_TYPE_URL.to_owned(),
+            removed_resources: removed,
+            nonce: nonce.to_string(),
+            ..DeltaDiscoveryResponse::default()
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! What one SDS stream serves: the names it asked for, resolved against the caller's identities,
+//! and a wake-up whenever any of them changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use halyard_proto::SpiffeId;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use super::secrets::{ROOTCA, tls_certificate, validation_context};
+use crate::cache::{SvidSlot, TrustState};
+use crate::caller::{AgentState, Caller};
+
+/// One resource as it stands: its name, a version that changes with its content, the secret.
+pub(super) struct Resource {
+    pub(super) name: String,
+    pub(super) version: String,
+    pub(super) secret: Any,
+}
+
+/// Where a name's content comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Svid(SpiffeId),
+    RootCa,
+}
+
+/// The state of all requested names.
+pub(super) struct Current {
+    /// Names whose content is ready.
+    pub(super) ready: Vec<Resource>,
+    /// Names still waiting for a certificate.
+    pub(super) pending: Vec<String>,
+    /// Names the caller may no longer have.
+    pub(super) withdrawn: Vec<String>,
+}
+
+pub(super) struct Subscriptions {
+    state: AgentState,
+    caller: Caller,
+    trust: watch::Receiver<Arc<TrustState>>,
+    names: Vec<String>,
+    svids: HashMap<SpiffeId, (watch::Receiver<SvidSlot>, JoinHandle<()>)>,
+    changed_tx: mpsc::Sender<()>,
+    changed_rx: mpsc::Receiver<()>,
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (_, forwarder) in self.svids.values() {
+            forwarder.abort();
+        }
+    }
+}
+
+impl Subscriptions {
+    pub(super) fn new(state: AgentState, caller: Caller) -> Subscriptions {
+        let trust = state.cache.trust();
+        let (changed_tx, changed_rx) = mpsc::channel(1);
+        Subscriptions {
+            state,
+            caller,
+            trust,
+            names: Vec::new(),
+            svids: HashMap::new(),
+            changed_tx,
+            changed_rx,
+        }
+    }
+
+    /// The requested names.
+    pub(super) fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn resolve(&self, name: &str, trust: &TrustState) -> Result<Source, Status> {
+        if name == ROOTCA {
+            return Ok(Source::RootCa);
+        }
+        let identities = self.caller.identities(trust);
+        if name == "default" {
+            return identities
+                .into_iter()
+                .next()
+                .map(Source::Svid)
+                .ok_or_else(|| self.caller.refusal("any identity (resource \"default\")"));
+        }
+        match SpiffeId::new(name) {
+            Ok(id) if identities.contains(&id) => Ok(Source::Svid(id)),
+            Ok(id) => Err(self.caller.refusal(id.as_str())),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "resource name {name:?} is neither \"default\", \"{ROOTCA}\" nor a SPIFFE ID"
+            ))),
+        }
+    }
+
+    /// Serves `names` from now on. Every name must be one the caller may have.
+    pub(super) async fn set(&mut self, names: &[String]) -> Result<(), Status> {
+        let trust = self.trust.borrow().clone();
+        let mut wanted = Vec::new();
+        for name in names {
+            if let Source::Svid(id) = self.resolve(name, &trust)? {
+                wanted.push(id);
+            }
+        }
+        self.names = names.to_vec();
+        self.watch(wanted).await
+    }
+
+    /// Subscribes to exactly `ids` in the cache.
+    async fn watch(&mut self, ids: Vec<SpiffeId>) -> Result<(), Status> {
+        self.svids.retain(|id, (_, forwarder)| {
+            let keep = ids.contains(id);
+            if !keep {
+                forwarder.abort();
+            }
+            keep
+        });
+        for id in ids {
+            if self.svids.contains_key(&id) {
+                continue;
+            }
+            let rx = self
+                .state
+                .cache
+                .subscribe(&id)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let mut changes = rx.clone();
+            let tx = self.changed_tx.clone();
+            let forwarder = tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    // A full channel already holds a wake-up: nothing is lost.
+                    let _ = tx.try_send(());
+                }
+            });
+            self.svids.insert(id, (rx, forwarder));
+        }
+        Ok(())
+    }
+
+    /// The content of every requested name now.
+    pub(super) async fn current(&mut self) -> Result<Current, Status> {
+        let trust = self.trust.borrow_and_update().clone();
+        let mut current = Current {
+            ready: Vec::new(),
+            pending: Vec::new(),
+            withdrawn: Vec::new(),
+        };
+        let mut wanted = Vec::new();
+        for name in self.names.clone() {
+            match self.resolve(&name, &trust) {
+                Ok(Source::RootCa) if trust.roots.is_empty() => current.pending.push(name),
+                Ok(Source::RootCa) => current.ready.push(Resource {
+                    version: trust_version(&trust),
+                    secret: validation_context(&name, &trust),
+                    name,
+                }),
+                Ok(Source::Svid(id)) => {
+                    let svid = self
+                        .svids
+                        .get(&id)
+                        .and_then(|(rx, _)| rx.borrow().svid.clone());
+                    wanted.push(id);
+                    match svid {
+                        Some(svid) => current.ready.push(Resource {
+                            version: svid.serial.clone(),
+                            secret: tls_certificate(&name, &svid),
+                            name,
+                        }),
+                        None => current.pending.push(name),
+                    }
+                }
+                Err(_) => current.withdrawn.push(name),
+            }
+        }
+        // "default" may now mean another identity, or an identity may have gone.
+        self.watch(wanted).await?;
+        Ok(current)
+    }
+
+    /// Waits until the trust state or any watched certificate changes.
+    pub(super) async fn changed(&mut self) -> Result<(), Status> {
+        tokio::select! {
+            r = self.trust.changed() => r.map_err(|_| Status::unavailable("the agent is shutting down")),
+            r = self.changed_rx.recv() => r.ok_or_else(|| Status::unavailable("the agent is shutting down")),
+        }
+    }
+
+    /// Waits until every requested name is ready, and returns them.
+    pub(super) async fn wait_all(&mut self) -> Result<Vec<(String, Any)>, Status> {
+        loop {
+            let current = self.current().await?;
+            if let Some(name) = current.withdrawn.first() {
+                return Err(self.caller.refusal(name));
+            }
+            if current.pending.is_empty() {
+                return Ok(current
+                    .ready
+                    .into_iter()
+                    .map(|r| (r.name, r.secret))
+                    .collect());
+            }
+            self.changed().await?;
+        }
+    }
+}
+
+/// A version of the validation context that changes with its roots and CRLs.
+fn trust_version(trust: &TrustState) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for der in trust.roots.iter().chain(&trust.crls) {
+        ctx.update(&(der.len() as u64).to_be_bytes());
+        ctx.update(der);
+    }
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
