@@ -62,9 +62,15 @@ halyard__envoy_python() {
     return 1
   fi
   echo "envoy: installing python3-venv from Debian" >&2
-  apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null ||
+  local log
+  log="$(mktemp)" || return 1
+  if ! { apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; } >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
     return 1
+  fi
+  rm -f "$log"
   python3 -c 'import venv, ensurepip' || {
     echo "envoy: python3-venv installed, but python3 still has no venv/ensurepip" >&2
     return 1

@@ -37,6 +37,8 @@ HALYARD_DEMO_DIR="$(mktemp -d)/demo" ./deploy/demo.sh --debug
 step "doc tests"
 cargo test --workspace --locked --doc
 
-# Last, so that its summary closes the log.
+# Last, so that its summary closes the log. Every binary first: tests in one package start
+# another package's binaries (the agent's tests run the CA).
 step "tests (including ignored ones that need external programs)"
+cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --run-ignored all --no-fail-fast

@@ -18,3 +18,6 @@ pub mod node;
 pub mod sds;
 pub mod server;
 pub mod workload_api;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

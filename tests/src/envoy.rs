@@ -231,13 +231,15 @@ impl Envoy {
         response
     }
 
-    /// The Envoy's own certificates (the `cert_chain` entries of every TLS context in
-    /// `/certs`), leaf first within each context.
+    /// The Envoy's own certificates: the `cert_chain` entries of every TLS context in `/certs`.
+    /// Envoy 1.40 lists only the leaf of each chain, so this is one entry per TLS context (none
+    /// for an SDS context whose secret has not arrived).
     pub fn certs(&self) -> Vec<EnvoyCert> {
         self.read_certs(admin::CertList::Chain)
     }
 
-    /// The trusted root certificates (the `ca_cert` entries of every TLS context in `/certs`).
+    /// The trusted certificates: the `ca_cert` entries of every TLS context in `/certs`, every
+    /// certificate of each trust bundle.
     pub fn ca_certs(&self) -> Vec<EnvoyCert> {
         self.read_certs(admin::CertList::Ca)
     }

@@ -18,6 +18,20 @@ pub struct TestServer {
     extra: Vec<String>,
 }
 
+/// The `halyard-ca` binary of this build, for tests in other packages (Cargo hands
+/// `CARGO_BIN_EXE_*` only to the binary's own package): next to the test executable's `deps/`.
+pub fn ca_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let binary = dir.join("halyard-ca");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (`cargo build -p halyard-ca`; the README test command does)",
+        binary.display()
+    );
+    binary
+}
+
 /// A free loopback port (bound and released: good enough for tests on one machine).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -138,8 +138,15 @@ async fn run_agent(
         .map_err(|e| e.to_string())?;
     info!(node = %client.svid().spiffe_id, "joined the CA");
     tokio::spawn(client.clone().keep_renewed(shutdown.clone()));
-    let (trust_tx, trust_rx) = watch::channel(Arc::new(TrustState::default()));
+    let (trust_tx, mut trust_rx) = watch::channel(Arc::new(TrustState::default()));
     tokio::spawn(watch_trust(client.clone(), trust_tx, shutdown.clone()));
+    // Judging callers needs this node's entries: serve only once the first snapshot is here.
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        first = trust_rx.wait_for(|state| state.version > 0) => {
+            first.map_err(|_| "the trust watcher stopped before the first snapshot".to_owned())?;
+        }
+    }
     let cache = Cache::spawn(
         Arc::new(RemoteSigner::new(client)),
         trust_rx,

@@ -11,7 +11,7 @@ use super::subscriptions::Subscriptions;
 use crate::caller::{AgentState, Caller};
 
 enum Event {
-    Request(DiscoveryRequest),
+    Request(Box<DiscoveryRequest>),
     Changed,
     Done,
 }
@@ -30,7 +30,7 @@ pub(super) async fn serve(
     loop {
         let event = tokio::select! {
             request = requests.message() => match request {
-                Ok(Some(request)) => Event::Request(request),
+                Ok(Some(request)) => Event::Request(Box::new(request)),
                 Ok(None) => Event::Done,
                 Err(status) => {
                     debug!(%status, "Envoy closed the stream");
