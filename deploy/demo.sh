@@ -67,6 +67,10 @@ else
   client_id=$server_id
   echo "not root: both Envoys run as uid $server_uid and share $server_id"
 fi
+if ! "${as_server[@]}" test -x "$demo"; then
+  echo "uid $server_uid cannot enter $demo (a parent directory is private): set HALYARD_DEMO_DIR" >&2
+  exit 1
+fi
 
 wait_for() { # what, log, command...: until the command succeeds or the last process exits
   local what=$1 log=$2 pid=${pids[-1]}; shift 2

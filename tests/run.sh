@@ -35,7 +35,9 @@ step "fuzz targets build"
 cargo check --manifest-path fuzz/Cargo.toml --locked
 
 step "demo"
-HALYARD_DEMO_DIR="$(mktemp -d)/demo" ./deploy/demo.sh --check --debug
+demo_parent=$(mktemp -d)
+chmod 755 "$demo_parent" # the demo's Envoys run as other uids
+HALYARD_DEMO_DIR="$demo_parent/demo" ./deploy/demo.sh --check --debug
 
 step "doc tests"
 cargo test --workspace --locked --doc
