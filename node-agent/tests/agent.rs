@@ -304,3 +304,24 @@ async fn the_agent_serves_its_cache_while_the_ca_is_down_and_resumes_after() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[tokio::test]
+async fn the_node_svid_is_renewed_over_mtls_before_it_expires() {
+    let (_ca, agent) = ca_and_agent(&["--max-ttl", "6s", "--default-ttl", "6s"], &[]);
+    let node_crt = agent.data_dir().join("node.crt");
+    let first = std::fs::read(&node_crt).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read(&node_crt).unwrap() == first {
+        assert!(
+            Instant::now() < deadline,
+            "the node SVID was not renewed: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(agent.log().contains("renewed the node SVID"));
+    // Past the first node SVID's end, the agent still gets workload certificates.
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, output) = agent.fetch_as(0);
+    assert!(ok, "{output}\n{}", agent.log());
+}
