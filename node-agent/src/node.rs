@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::cache::timing::{backoff, draw, refresh_at};
 use crate::cache::{SignRequest, SignedChain, SvidSigner};
+use halyard_proto::transport::error_chain;
 
 pub use identity::NodeSvid;
 pub use trust::watch_trust;
@@ -216,17 +217,6 @@ async fn attest(
         .svid
         .ok_or_else(|| NodeError::BadSvid("no SVID in the answer".into()))?;
     NodeSvid::from_parts(svid.cert_chain, key).map_err(NodeError::BadSvid)
-}
-
-/// An error and its sources, for messages.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
-    }
-    text
 }
 
 /// The cache's signer: `SignX509Svids` over the node's channel.

@@ -29,7 +29,7 @@ pub async fn serve(
             shutdown.cancelled_owned(),
         )
         .await
-        .map_err(|e| std::io::Error::other(crate::node::error_chain(&e)));
+        .map_err(|e| std::io::Error::other(halyard_proto::transport::error_chain(&e)));
     let _ = std::fs::remove_file(path);
     result
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use halyard_proto::api::workload::X509svidRequest;
 use halyard_proto::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A running agent, killed when dropped.
 pub struct TestAgent {
@@ -145,17 +145,7 @@ impl Drop for TestAgent {
 
 /// A gRPC channel over a unix socket.
 pub async fn uds_channel(path: PathBuf) -> Channel {
-    Endpoint::from_static("http://agent.sock")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap()
+    halyard_proto::transport::unix_channel(path).await.unwrap()
 }
 
 /// An `X509svidRequest` with the Workload API's security header.

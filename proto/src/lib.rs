@@ -24,6 +24,7 @@ mod bundle;
 pub mod files;
 mod spiffe_id;
 mod svid;
+pub mod transport;
 mod trust_domain;
 mod ttl;
 

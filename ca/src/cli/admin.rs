@@ -8,8 +8,9 @@ use halyard_proto::api::ca::{
     CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry, GetBundleRequest,
     HealthRequest, ListEntriesRequest, Selector,
 };
+use halyard_proto::transport::{error_chain, unix_channel};
 use halyard_proto::{TrustBundle, Ttl};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Where the running CA's admin socket is.
 #[derive(Debug, Args)]
@@ -37,36 +38,15 @@ impl AdminTarget {
 
     async fn connect(&self) -> Result<AdminServiceClient<Channel>, String> {
         let path = self.path();
-        let shown = path.display().to_string();
-        // The URI is required by the API but unused: every connection goes to the socket.
-        let channel = Endpoint::from_static("http://admin.sock")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot reach the CA's admin socket {shown}: {}",
-                    source_text(&e)
-                )
-            })?;
+        let channel = unix_channel(path.clone()).await.map_err(|e| {
+            format!(
+                "cannot reach the CA's admin socket {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
         Ok(AdminServiceClient::new(channel))
     }
-}
-
-fn source_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text = format!("{text}: {inner}");
-        source = inner.source();
-    }
-    text
 }
 
 fn status_text(status: tonic::Status) -> String {

@@ -6,26 +6,17 @@ use clap::{Args, Subcommand};
 use halyard_proto::api::workload::X509svidRequest;
 use halyard_proto::api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use halyard_proto::files::{self, Overwrite};
-use tonic::transport::{Channel, Endpoint};
+use halyard_proto::transport::{error_chain, unix_channel};
+use tonic::transport::Channel;
 
 async fn connect(socket: PathBuf) -> Result<SpiffeWorkloadApiClient<Channel>, String> {
-    let shown = socket.display().to_string();
-    let channel = Endpoint::from_static("http://agent.sock")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the agent at {shown}: {}",
-                crate::node::error_chain(&e)
-            )
-        })?;
+    let channel = unix_channel(socket.clone()).await.map_err(|e| {
+        format!(
+            "cannot reach the agent at {}: {}",
+            socket.display(),
+            error_chain(&e)
+        )
+    })?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 

@@ -11,14 +11,8 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::SECRET_TYPE_URL;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{Event, Subscriptions, next_event};
 use crate::caller::{AgentState, Caller};
-
-enum Event {
-    Request(Box<DeltaDiscoveryRequest>),
-    Changed,
-    Done,
-}
 
 pub(super) async fn serve(
     state: AgentState,
@@ -33,21 +27,7 @@ pub(super) async fn serve(
     let mut started = false;
     let mut nonce = 0u64;
     loop {
-        let event = tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => Event::Request(Box::new(request)),
-                Ok(None) => Event::Done,
-                Err(status) => {
-                    debug!(%status, "Envoy closed the stream");
-                    Event::Done
-                }
-            },
-            changed = subscriptions.changed(), if started => match changed {
-                Ok(()) => Event::Changed,
-                Err(_) => Event::Done,
-            },
-            () = tx.closed() => Event::Done,
-        };
+        let event = next_event(&mut requests, &mut subscriptions, started, &tx).await;
         match event {
             Event::Done => return,
             Event::Changed => {}

@@ -7,14 +7,8 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::SECRET_TYPE_URL;
-use super::subscriptions::Subscriptions;
+use super::subscriptions::{Event, Subscriptions, next_event};
 use crate::caller::{AgentState, Caller};
-
-enum Event {
-    Request(Box<DiscoveryRequest>),
-    Changed,
-    Done,
-}
 
 pub(super) async fn serve(
     state: AgentState,
@@ -28,21 +22,7 @@ pub(super) async fn serve(
     let mut last_nonce = String::new();
     let mut sent: Option<Vec<(String, String)>> = None;
     loop {
-        let event = tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(request)) => Event::Request(Box::new(request)),
-                Ok(None) => Event::Done,
-                Err(status) => {
-                    debug!(%status, "Envoy closed the stream");
-                    Event::Done
-                }
-            },
-            changed = subscriptions.changed(), if started => match changed {
-                Ok(()) => Event::Changed,
-                Err(_) => Event::Done,
-            },
-            () = tx.closed() => Event::Done,
-        };
+        let event = next_event(&mut requests, &mut subscriptions, started, &tx).await;
         match event {
             Event::Done => return,
             Event::Changed => {}

@@ -8,7 +8,8 @@ use envoy_types::pb::google::protobuf::Any;
 use halyard_proto::SpiffeId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tonic::Status;
+use tonic::{Status, Streaming};
+use tracing::debug;
 
 use super::secrets::{ROOTCA, tls_certificate, validation_context};
 use crate::cache::{SvidSlot, TrustState};
@@ -206,6 +207,40 @@ impl Subscriptions {
             }
             self.changed().await?;
         }
+    }
+}
+
+/// What woke a stream up.
+pub(super) enum Event<R> {
+    /// Envoy sent a request.
+    Request(Box<R>),
+    /// A served resource changed.
+    Changed,
+    /// Envoy or the agent is gone.
+    Done,
+}
+
+/// Waits for the next request from Envoy, or (once `started`) a change of a served resource.
+pub(super) async fn next_event<R, T>(
+    requests: &mut Streaming<R>,
+    subscriptions: &mut Subscriptions,
+    started: bool,
+    tx: &mpsc::Sender<Result<T, Status>>,
+) -> Event<R> {
+    tokio::select! {
+        request = requests.message() => match request {
+            Ok(Some(request)) => Event::Request(Box::new(request)),
+            Ok(None) => Event::Done,
+            Err(status) => {
+                debug!(%status, "Envoy closed the stream");
+                Event::Done
+            }
+        },
+        changed = subscriptions.changed(), if started => match changed {
+            Ok(()) => Event::Changed,
+            Err(_) => Event::Done,
+        },
+        () = tx.closed() => Event::Done,
     }
 }
 
