@@ -265,3 +265,37 @@ async fn a_workload_svid_cannot_act_as_a_node() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(err.message(), format!("{WEB} is not a node identity"));
 }
+
+#[tokio::test]
+async fn a_connection_that_outlives_its_node_svid_is_refused() {
+    let server = server(&["--max-ttl", "3s", "--default-ttl", "3s"]);
+    server.entry("worker-1", WEB);
+    let (chain, key) = server.attest_node("worker-1").await;
+    let mut svids = SvidServiceClient::new(server.channel(Some((&chain, &key))).await);
+    let item = || SvidRequest {
+        spiffe_id: WEB.into(),
+        csr: key_and_csr(Some(WEB)).1,
+        ttl_seconds: 0,
+    };
+    // While the node SVID is valid the connection works…
+    svids
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: vec![item()],
+        })
+        .await
+        .unwrap();
+    // …and on the same connection, after it expired, it does not.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let err = svids
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: vec![item()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        err.message().contains("client certificate expired at"),
+        "{}",
+        err.message()
+    );
+}

@@ -16,9 +16,9 @@ use halyard_proto::api::ca::svid_service_client::SvidServiceClient;
 use halyard_proto::api::ca::{AttestRequest, SignX509SvidsRequest, SvidRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::cache::timing::{backoff, draw, refresh_at};
+use crate::cache::timing::{backoff, draw, refresh_at, retry_delay};
 use crate::cache::{SignRequest, SignedChain, SvidSigner};
 use halyard_proto::transport::error_chain;
 
@@ -131,17 +131,17 @@ impl NodeClient {
         loop {
             let svid = self.svid();
             let renew = refresh_at(svid.not_before, svid.not_after, draw() * 2.0 - 1.0);
+            let now = SystemTime::now();
             let wait = if failures == 0 {
-                renew
-                    .duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
+                renew.duration_since(now).unwrap_or(Duration::ZERO)
             } else {
-                backoff(
+                let delay = backoff(
                     failures,
                     Duration::from_secs(1),
                     Duration::from_secs(60),
                     draw(),
-                )
+                );
+                retry_delay(delay, Some(svid.not_after), now)
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -151,8 +151,13 @@ impl NodeClient {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 {
+                    let expired = svid.not_after <= SystemTime::now();
+                    if expired {
+                        error!(error = %e, "the node SVID has expired and cannot be renewed: the node must attest again with a new join token");
+                    } else if failures == 1 {
                         warn!(error = %e, "cannot renew the node SVID; keeping the current one");
+                    } else {
+                        debug!(error = %e, failures, "still cannot renew the node SVID");
                     }
                 }
             }

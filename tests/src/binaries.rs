@@ -1,9 +1,10 @@
 //! Where the workspace's binaries are, for tests in this crate.
 //!
 //! Cargo hands `CARGO_BIN_EXE_<name>` only to the tests of the binary's own package, so these
-//! tests find `halyard-ca` next to their own executable: `target/<profile>/deps/<test>` →
-//! `target/<profile>/halyard-ca`. The test runner (`tests/run.sh`) builds the workspace first;
-//! alone, run `cargo build -p halyard-ca` before `cargo nextest run -p halyard-tests`.
+//! tests find `halyard-ca` and `halyard-agent` next to their own executable:
+//! `target/<profile>/deps/<test>` → `target/<profile>/halyard-ca`. The test runner
+//! (`tests/run.sh`) builds the workspace first; alone, run
+//! `cargo build -p halyard-ca -p halyard-agent` before `cargo nextest run -p halyard-tests`.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,12 @@ use std::path::PathBuf;
 /// when it is not there.
 pub fn halyard_ca() -> PathBuf {
     workspace_binary("halyard-ca", "halyard-ca")
+}
+
+/// The `halyard-agent` binary built beside this test executable. Panics, saying how to build
+/// it, when it is not there.
+pub fn halyard_agent() -> PathBuf {
+    workspace_binary("halyard-agent", "halyard-agent")
 }
 
 fn workspace_binary(name: &str, package: &str) -> PathBuf {

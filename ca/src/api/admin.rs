@@ -83,7 +83,12 @@ impl AdminService for AdminApi {
         SystemRandom::new()
             .fill(&mut secret)
             .map_err(|_| Status::internal("no randomness for a token"))?;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        // A fixed prefix: a token never starts with "-" (which a command line would take for a
+        // flag) and is recognisable in a leaked log or file.
+        let token = format!(
+            "hjt_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
         let expires_at = SystemTime::now() + ttl.as_duration();
         self.ca
             .store()

@@ -2,6 +2,7 @@
 //! against the node's registration entries.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use halyard_proto::api::ca::svid_result::Result as ItemResult;
 use halyard_proto::api::ca::svid_service_server::SvidService;
@@ -12,7 +13,7 @@ use halyard_proto::{SpiffeId, Ttl};
 use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, info_span};
 
-use super::peer::caller_id;
+use super::peer::{Peer, peer};
 use super::status::{issue_code, store_status};
 use super::svid_message;
 use crate::authority::Grant;
@@ -35,7 +36,7 @@ impl SvidApi {
         request: Request<SignX509SvidsRequest>,
     ) -> Result<SignX509SvidsResponse, Status> {
         let ca = &self.ca;
-        let node = authenticated_node(ca, &request).await?;
+        let (node, _) = authenticated_node(ca, &request).await?;
         let requests = request.into_inner().requests;
         if requests.len() > ca.config().max_batch {
             return Err(Status::invalid_argument(format!(
@@ -99,8 +100,11 @@ impl SvidApi {
 
 /// The node a request comes from: its mTLS client certificate must be a node SVID of this trust
 /// domain, for a node that attested and is not banned.
-pub(super) async fn authenticated_node<T>(ca: &Ca, request: &Request<T>) -> Result<String, Status> {
-    let id = caller_id(request)?;
+pub(super) async fn authenticated_node<T>(
+    ca: &Ca,
+    request: &Request<T>,
+) -> Result<(String, SystemTime), Status> {
+    let Peer { id, not_after } = peer(request)?;
     let name = ca
         .node_name(&id)
         .ok_or_else(|| Status::permission_denied(format!("{id} is not a node identity")))?;
@@ -108,7 +112,7 @@ pub(super) async fn authenticated_node<T>(ca: &Ca, request: &Request<T>) -> Resu
         Some(node) if node.banned => {
             Err(Status::permission_denied(format!("node {name} is banned")))
         }
-        Some(_) => Ok(name.to_owned()),
+        Some(_) => Ok((name.to_owned(), not_after)),
         None => Err(Status::permission_denied(format!(
             "node {name} has not attested"
         ))),

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use halyard_proto::api::ca::trust_service_server::TrustService;
 use halyard_proto::api::ca::{self, Authority, TrustSnapshot, WatchTrustRequest};
@@ -38,12 +39,12 @@ impl TrustService for TrustApi {
         &self,
         request: Request<WatchTrustRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
-        let node = authenticated_node(&self.ca, &request).await?;
+        let (node, not_after) = authenticated_node(&self.ca, &request).await?;
         self.ca.metrics().request("WatchTrust", tonic::Code::Ok);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let ca = self.ca.clone();
         let span = info_span!("watch_trust", node = %node);
-        tokio::spawn(push_snapshots(ca, node, tx).instrument(span));
+        tokio::spawn(push_snapshots(ca, node, not_after, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -53,8 +54,14 @@ impl TrustService for TrustApi {
 async fn push_snapshots(
     ca: Arc<Ca>,
     node: String,
+    not_after: SystemTime,
     tx: tokio::sync::mpsc::Sender<Result<TrustSnapshot, Status>>,
 ) {
+    // The stream lasts no longer than the node SVID that opened it.
+    let expiry = tokio::time::Instant::now()
+        + not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
     let mut trust = ca.watch_trust();
     let mut entries = ca.store().subscribe_entries();
     let mut version = 0u64;
@@ -73,6 +80,14 @@ async fn push_snapshots(
         debug!(version, "pushed trust snapshot");
         tokio::select! {
             () = tx.closed() => return,
+            () = tokio::time::sleep_until(expiry) => {
+                let _ = tx
+                    .send(Err(Status::unauthenticated(
+                        "the node SVID of this stream expired: reconnect with a renewed one",
+                    )))
+                    .await;
+                return;
+            }
             changed = trust.changed() => if changed.is_err() { return },
             changed = entries.changed() => if changed.is_err() { return },
         }

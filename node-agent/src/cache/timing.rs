@@ -24,6 +24,16 @@ pub fn backoff(failures: u32, base: Duration, cap: Duration, draw: f64) -> Durat
     full.mul_f64(0.5 + 0.5 * draw.clamp(0.0, 1.0))
 }
 
+/// The retry delay after `failures` failures of renewing a certificate valid until `not_after`:
+/// the backoff, but never so long that the certificate expires before the next tries — at most
+/// a quarter of what is left of it (and at least a second).
+pub fn retry_delay(backoff: Duration, not_after: Option<SystemTime>, now: SystemTime) -> Duration {
+    match not_after.and_then(|end| end.duration_since(now).ok()) {
+        Some(left) => backoff.min((left / 4).max(Duration::from_secs(1))),
+        None => backoff,
+    }
+}
+
 /// A uniform draw in `[0, 1)` from the operating system's CSPRNG (0.5 if it fails, which only
 /// costs spread, not correctness).
 pub fn draw() -> f64 {
@@ -78,6 +88,24 @@ mod tests {
         assert_eq!(backoff(u32::MAX, base, cap, 1.0), cap);
         assert_eq!(backoff(3, base, cap, 0.0), Duration::from_secs(2));
         assert_eq!(backoff(0, base, cap, 1.0), base);
+    }
+
+    #[test]
+    fn retries_come_sooner_as_the_certificate_runs_out() {
+        let now = at(1000);
+        let backoff = Duration::from_secs(60);
+        assert_eq!(retry_delay(backoff, None, now), backoff);
+        assert_eq!(retry_delay(backoff, Some(at(1000 + 3600)), now), backoff);
+        assert_eq!(
+            retry_delay(backoff, Some(at(1000 + 40)), now),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            retry_delay(backoff, Some(at(1002)), now),
+            Duration::from_secs(1)
+        );
+        // Already expired: nothing to protect, the plain backoff.
+        assert_eq!(retry_delay(backoff, Some(at(900)), now), backoff);
     }
 
     #[test]

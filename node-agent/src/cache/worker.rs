@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 use zeroize::Zeroizing;
 
-use super::timing::{backoff, draw, refresh_at};
+use super::timing::{backoff, draw, refresh_at, retry_delay};
 use super::{CacheOptions, Command, SignRequest, SignedChain, Svid, SvidSigner, SvidSlot};
 
 /// One identity's state.
@@ -231,11 +231,16 @@ impl Worker {
                 }
                 Err(error) => {
                     identity.failures += 1;
-                    let wait = backoff(
-                        identity.failures,
-                        self.options.backoff_base,
-                        self.options.backoff_cap,
-                        draw(),
+                    let current_end = identity.tx.borrow().svid.as_ref().map(|s| s.not_after);
+                    let wait = retry_delay(
+                        backoff(
+                            identity.failures,
+                            self.options.backoff_base,
+                            self.options.backoff_cap,
+                            draw(),
+                        ),
+                        current_end,
+                        SystemTime::now(),
                     );
                     identity.due = now + wait;
                     // The first failure is news; a streak of them is noise.

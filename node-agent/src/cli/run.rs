@@ -30,7 +30,12 @@ pub(super) struct RunArgs {
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
     /// A join token from `halyard-ca token create` (needed only until the node SVID is stored).
-    #[arg(long, env = "HALYARD_JOIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HALYARD_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     join_token: Option<String>,
     /// The socket for SDS and the Workload API.
     #[arg(long)]

@@ -59,7 +59,7 @@ pub(super) async fn serve(
                     continue;
                 }
                 if let Err(status) = subscriptions.set(&names).await {
-                    info!(names = ?names, %status, "refused");
+                    info!(names = ?names, code = ?status.code(), message = status.message(), "refused");
                     let _ = tx.send(Err(status)).await;
                     return;
                 }

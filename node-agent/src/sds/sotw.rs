@@ -45,7 +45,7 @@ pub(super) async fn serve(
                     continue;
                 }
                 if let Err(status) = subscriptions.set(&request.resource_names).await {
-                    info!(names = ?request.resource_names, %status, "refused");
+                    info!(names = ?request.resource_names, code = ?status.code(), message = status.message(), "refused");
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
