@@ -225,3 +225,44 @@ async fn outstanding_csrs_are_capped_and_batched() {
     // 10 CSRs in batches of at most 2.
     assert!(signer.calls.load(Ordering::SeqCst) >= 5);
 }
+
+/// Answers every CSR with a certificate over a different key.
+struct SwappingSigner(Arc<LocalSigner>);
+
+#[tonic::async_trait]
+impl SvidSigner for SwappingSigner {
+    async fn sign(
+        &self,
+        requests: Vec<SignRequest>,
+    ) -> Result<Vec<Result<SignedChain, String>>, String> {
+        let swapped = requests
+            .into_iter()
+            .map(|r| SignRequest {
+                csr: halyard_ca::testing::key_and_csr(Some(r.spiffe_id.as_str())).1,
+                ..r
+            })
+            .collect();
+        self.0.sign(swapped).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_over_another_key_is_refused() {
+    let (_tx, trust) = watch::channel(Arc::new(TrustState::default()));
+    let cache = Cache::spawn(
+        Arc::new(SwappingSigner(LocalSigner::new(Duration::ZERO))),
+        trust,
+        options(30),
+        CancellationToken::new(),
+    );
+    let mut rx = cache.subscribe(&id(WEB)).await.unwrap();
+    rx.changed().await.unwrap();
+    let slot = rx.borrow().clone();
+    assert!(slot.svid.is_none());
+    assert_eq!(
+        slot.error.as_deref(),
+        Some(
+            "the CA returned a certificate for spiffe://example.org/ns/default/sa/web over another key"
+        )
+    );
+}

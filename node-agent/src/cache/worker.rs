@@ -297,6 +297,16 @@ fn to_svid(id: &SpiffeId, signed: SignedChain, key: Zeroizing<Vec<u8>>) -> Resul
             parsed.spiffe_id()
         ));
     }
+    // The certificate must be for the key this node made, or it is useless (or a swap).
+    let ours = rcgen::KeyPair::try_from(key.as_slice()).map_err(|e| e.to_string())?;
+    let certified = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| cert.public_key().subject_public_key.data.to_vec())
+        .map_err(|e| e.to_string())?;
+    if certified != ours.public_key_raw() {
+        return Err(format!(
+            "the CA returned a certificate for {id} over another key"
+        ));
+    }
     Ok(Svid {
         spiffe_id: id.clone(),
         serial: parsed.serial().iter().map(|b| format!("{b:02x}")).collect(),
