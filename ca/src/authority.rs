@@ -4,6 +4,7 @@
 //! hand it a parsed [`Csr`], a [`Grant`] saying which identity the caller may hold, and the time.
 
 mod chain;
+mod crl;
 mod csr;
 mod intermediate;
 mod key;
@@ -14,6 +15,7 @@ mod serial;
 mod signer;
 
 pub use chain::{ChainError, verify_chain};
+pub use crl::{RevocationReason, RevokedEntry};
 pub use csr::{Csr, CsrError, MAX_CSR_BYTES, PublicKeyKind};
 pub use intermediate::{Authority, AuthorityError, IssuedSvid, SignError, intermediate_csr};
 pub use key::{KeyError, KeyType, PrivateKey};

@@ -36,6 +36,8 @@ enum Command {
     /// Registration entries (admin socket).
     #[command(subcommand)]
     Entry(admin::EntryCommand),
+    /// Revoke one certificate, or every unexpired certificate of an identity (admin socket).
+    Revoke(admin::RevokeArgs),
     /// The trust bundle (admin socket).
     #[command(subcommand)]
     Bundle(admin::BundleCommand),
@@ -68,6 +70,7 @@ impl Cli {
             Command::Token(command) => runtime()?.block_on(command.run()),
             Command::Entry(command) => runtime()?.block_on(command.run()),
             Command::Bundle(command) => runtime()?.block_on(command.run()),
+            Command::Revoke(args) => runtime()?.block_on(args.run()),
             Command::Audit(command) => runtime()?.block_on(command.run()),
             Command::Healthcheck(target) => runtime()?.block_on(admin::healthcheck(target)),
         }

@@ -11,6 +11,7 @@ mod issue;
 mod limits;
 mod listen;
 mod metrics;
+mod revocation;
 mod tls;
 
 use std::sync::{Arc, RwLock};
@@ -28,6 +29,7 @@ use crate::store::{Store, StoreError, StoreOptions};
 
 pub use issue::IssueError;
 pub use metrics::Metrics;
+pub use revocation::{CRL_VALIDITY, RevocationState, RevokeTarget};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,7 @@ pub struct Ca {
     authority: RwLock<Arc<Authority>>,
     bundle: RwLock<Arc<Vec<Vec<u8>>>>,
     issuing_root: RwLock<Arc<Vec<u8>>>,
+    revocations: RwLock<Arc<RevocationState>>,
     trust_version: watch::Sender<u64>,
     metrics: Metrics,
     limits: limits::Limits,
@@ -115,6 +118,7 @@ impl Ca {
             authority: RwLock::new(Arc::new(authority)),
             bundle: RwLock::new(Arc::new(bundle)),
             issuing_root: RwLock::new(Arc::new(issuing_root)),
+            revocations: RwLock::new(Arc::new(RevocationState::default())),
             trust_version: watch::Sender::new(1),
             metrics,
         }))
@@ -198,6 +202,12 @@ impl Ca {
 /// Runs the server until `shutdown` is cancelled or a listener fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let ca = Ca::open(config).await?;
+    ca.refresh_revocations()
+        .await
+        .map_err(|source| ServerError::Store {
+            url: redact_url(&ca.config.store_url),
+            source,
+        })?;
     listen::serve(ca, shutdown).await
 }
 

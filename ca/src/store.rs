@@ -19,6 +19,7 @@ mod error;
 mod journal;
 mod migrate;
 mod nodes;
+mod revocations;
 mod tokens;
 
 #[cfg(test)]
@@ -39,6 +40,7 @@ pub use journal::{
     JournalStats,
 };
 pub use nodes::NodeRecord;
+pub use revocations::Revocation;
 
 /// A handle on the CA's durable state. Cheap to clone (an `Arc` inside); the background journal
 /// writer stops, and the connection pool closes, once the last clone is dropped.

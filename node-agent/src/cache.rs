@@ -156,7 +156,7 @@ impl Cache {
         shutdown: CancellationToken,
     ) -> Cache {
         let (commands, rx) = mpsc::channel(256);
-        tokio::spawn(worker::Worker::new(signer, options, rx, shutdown).run());
+        tokio::spawn(worker::Worker::new(signer, options, rx, trust.clone(), shutdown).run());
         Cache { commands, trust }
     }
 

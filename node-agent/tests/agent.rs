@@ -325,3 +325,59 @@ async fn the_node_svid_is_renewed_over_mtls_before_it_expires() {
     let (ok, output) = agent.fetch_as(0);
     assert!(ok, "{output}\n{}", agent.log());
 }
+
+#[tokio::test]
+async fn a_revoked_certificate_is_replaced_at_once_and_rootca_carries_the_crl() {
+    let (ca, agent) = ca_and_agent(&[], &[]);
+    let serial = |agent: &TestAgent| -> String {
+        let (ok, output) = agent.fetch_as(0);
+        assert!(ok, "{output}\n{}", agent.log());
+        output
+            .split("serial ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .replace(':', "")
+    };
+    let first = serial(&agent);
+    let revoked_at = Instant::now();
+    ca.cli(&["revoke", "--serial", &first, "--reason", "keyCompromise"])
+        .unwrap();
+    let replaced = loop {
+        let now = serial(&agent);
+        if now != first {
+            break revoked_at.elapsed();
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(10),
+            "not replaced: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("revoked certificate replaced {replaced:?} after `halyard-ca revoke` started");
+    assert!(
+        agent
+            .log()
+            .contains("certificate revoked; replacing it now")
+    );
+
+    // ROOTCA now holds the CRL, checked on leaves only.
+    let mut sds = SecretDiscoveryServiceClient::new(uds_channel(agent.socket()).await);
+    let response = sds
+        .fetch_secrets(DiscoveryRequest {
+            resource_names: vec!["ROOTCA".into()],
+            ..DiscoveryRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(secret::Type::ValidationContext(context)) = decode(&response.resources[0]).r#type
+    else {
+        panic!("not a validation context")
+    };
+    assert!(context.crl.is_some(), "no CRL in ROOTCA");
+    assert!(context.only_verify_leaf_cert_crl);
+}

@@ -9,7 +9,8 @@ use halyard_proto::api::ca::admin_service_server::AdminService;
 use halyard_proto::api::ca::{
     CreateEntryRequest, CreateEntryResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetBundleResponse, HealthRequest,
-    HealthResponse, ListEntriesRequest, ListEntriesResponse,
+    HealthResponse, ListEntriesRequest, ListEntriesResponse, RevokeRequest, RevokeResponse,
+    revoke_request,
 };
 use halyard_proto::{SpiffeId, Ttl};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -20,7 +21,8 @@ use super::node::{bundle_message, token_hash};
 use super::status::store_status;
 use super::trust::entry_message;
 use super::unix_secs;
-use crate::server::Ca;
+use crate::authority::{RevocationReason, Serial};
+use crate::server::{Ca, RevokeTarget};
 use crate::store::{EntryScope, NewEntry, StoreError};
 
 /// The operator's service.
@@ -223,6 +225,47 @@ impl AdminService for AdminApi {
     ) -> Result<Response<GetBundleResponse>, Status> {
         Ok(Response::new(GetBundleResponse {
             bundle: Some(bundle_message(&self.ca)),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        let request = request.into_inner();
+        let reason: RevocationReason = if request.reason.is_empty() {
+            RevocationReason::Unspecified
+        } else {
+            request.reason.parse().map_err(Status::invalid_argument)?
+        };
+        let serial;
+        let target = match &request.target {
+            Some(revoke_request::Target::Serial(text)) => {
+                serial = text
+                    .parse::<Serial>()
+                    .map_err(|e| Status::invalid_argument(format!("serial: {e}")))?
+                    .to_string();
+                RevokeTarget::Serial(&serial)
+            }
+            Some(revoke_request::Target::SpiffeId(id)) => {
+                SpiffeId::new(id)
+                    .map_err(|e| Status::invalid_argument(format!("spiffe_id {id:?}: {e}")))?;
+                RevokeTarget::SpiffeId(id)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "give a serial or a SPIFFE ID to revoke",
+                ));
+            }
+        };
+        let revoked = self.ca.revoke(target, reason).await.map_err(|e| match e {
+            StoreError::NotIssued { .. } => Status::not_found(e.to_string()),
+            StoreError::AlreadyExpired { .. } => Status::failed_precondition(e.to_string()),
+            StoreError::AlreadyRevoked { .. } => Status::already_exists(e.to_string()),
+            other => store_status(&other),
+        })?;
+        Ok(Response::new(RevokeResponse {
+            serials: revoked.into_iter().map(|r| r.serial).collect(),
         }))
     }
 

@@ -96,6 +96,7 @@ async fn push_snapshots(
 
 fn snapshot(ca: &Ca, version: u64, entries: &[Entry]) -> TrustSnapshot {
     let authority = ca.authority();
+    let revocations = ca.revocation_state();
     TrustSnapshot {
         version,
         bundle: Some(bundle_message(ca)),
@@ -104,8 +105,18 @@ fn snapshot(ca: &Ca, version: u64, entries: &[Entry]) -> TrustSnapshot {
             certificate: authority.chain().first().cloned().unwrap_or_default(),
             state: "active".to_owned(),
         }],
-        crls: Vec::new(),
-        revoked: Vec::new(),
+        crls: vec![revocations.crl.clone()]
+            .into_iter()
+            .filter(|crl| !crl.is_empty())
+            .collect(),
+        revoked: revocations
+            .revoked
+            .iter()
+            .map(|r| ca::RevokedSerial {
+                serial: r.serial.clone(),
+                expires_at: super::unix_secs(r.not_after),
+            })
+            .collect(),
         tainted_authorities: Vec::new(),
         entries: entries.iter().map(entry_message).collect(),
     }

@@ -11,7 +11,7 @@ use super::policy::{Grant, Policy};
 use super::profile::{self, Validity};
 use super::root::rfc3339;
 use super::serial::Serial;
-use super::signer::{CaCertError, authority_id, ca_signer};
+use super::signer::{CaCertError, authority_id, ca_signer, key_id};
 
 /// Why an intermediate cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +269,19 @@ impl Authority {
     /// The authority's id: lowercase hex of its subject key identifier.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The signer, for CRLs.
+    pub(super) fn issuer(&self) -> &Issuer<'static, PrivateKey> {
+        &self.issuer
+    }
+
+    /// The intermediate's subject key identifier, which its CRLs name as their authority key.
+    pub(super) fn key_id(&self) -> Vec<u8> {
+        self.chain
+            .first()
+            .map(|cert| key_id(cert))
+            .unwrap_or_default()
     }
 
     /// The trust domain this authority signs for.

@@ -48,9 +48,15 @@ pub(crate) fn ca_signer(
 /// A CA's id: the lowercase hex of its certificate's subject key identifier (or, for a
 /// certificate without one, of the first 20 bytes of the SHA-256 of its public key).
 pub(crate) fn authority_id(cert: &[u8]) -> String {
+    key_id(cert).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The certificate's subject key identifier (or, without one, the first 20 bytes of the SHA-256
+/// of its public key).
+pub(crate) fn key_id(cert: &[u8]) -> Vec<u8> {
     use x509_parser::extensions::ParsedExtension;
     let Ok((_, parsed)) = X509Certificate::from_der(cert) else {
-        return String::new();
+        return Vec::new();
     };
     let ski = parsed
         .extensions()
@@ -59,9 +65,8 @@ pub(crate) fn authority_id(cert: &[u8]) -> String {
             ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
             _ => None,
         });
-    let bytes = ski.unwrap_or_else(|| {
+    ski.unwrap_or_else(|| {
         let digest = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
         digest.as_ref()[..20].to_vec()
-    });
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }

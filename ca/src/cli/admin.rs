@@ -6,7 +6,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use halyard_proto::api::ca::admin_service_client::AdminServiceClient;
 use halyard_proto::api::ca::{
     CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry, GetBundleRequest,
-    HealthRequest, ListEntriesRequest, Selector,
+    HealthRequest, ListEntriesRequest, RevokeRequest, Selector, revoke_request,
 };
 use halyard_proto::transport::{error_chain, unix_channel};
 use halyard_proto::{TrustBundle, Ttl};
@@ -220,6 +220,55 @@ impl EntryCommand {
                     .map_err(status_text)?;
                 println!("deleted entry {id}");
             }
+        }
+        Ok(())
+    }
+}
+
+/// `revoke`'s flags.
+#[derive(Debug, Args)]
+pub(super) struct RevokeArgs {
+    #[command(flatten)]
+    target: AdminTarget,
+    /// The certificate's serial, hex (as `openssl x509 -serial` prints it, colons allowed).
+    #[arg(
+        long,
+        required_unless_present = "spiffe_id",
+        conflicts_with = "spiffe_id"
+    )]
+    serial: Option<String>,
+    /// Revoke every unexpired certificate of this SPIFFE ID.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Why: unspecified, keyCompromise, cACompromise, affiliationChanged, superseded,
+    /// cessationOfOperation or privilegeWithdrawn.
+    #[arg(long, default_value = "unspecified")]
+    reason: String,
+}
+
+impl RevokeArgs {
+    pub(super) async fn run(self) -> Result<(), String> {
+        let target = match (self.serial, self.spiffe_id) {
+            (Some(serial), _) => revoke_request::Target::Serial(serial),
+            (None, Some(id)) => revoke_request::Target::SpiffeId(id),
+            (None, None) => return Err("give --serial or --spiffe-id".to_owned()),
+        };
+        let response = self
+            .target
+            .connect()
+            .await?
+            .revoke(RevokeRequest {
+                target: Some(target),
+                reason: self.reason,
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        if response.serials.is_empty() {
+            println!("nothing to revoke: no unexpired certificate that is not already revoked");
+        }
+        for serial in response.serials {
+            println!("revoked {serial}");
         }
         Ok(())
     }

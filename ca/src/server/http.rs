@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -21,6 +21,7 @@ pub(super) async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/crl/{name}", get(crl))
         .with_state(ca);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -35,6 +36,24 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> impl IntoResponse {
         )],
         ca.metrics().encode(),
     )
+}
+
+/// `GET /crl/<authority>.crl`: the CRL of that intermediate, DER.
+async fn crl(State(ca): State<Arc<Ca>>, Path(name): Path<String>) -> axum::response::Response {
+    let authority = ca.authority();
+    let state = ca.revocation_state();
+    match name.strip_suffix(".crl") {
+        Some(id) if id == authority.id() && !state.crl.is_empty() => (
+            [("content-type", "application/pkix-crl")],
+            state.crl.clone(),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("no CRL named {name}: try /crl/{}.crl\n", authority.id()),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(ca): State<Arc<Ca>>) -> impl IntoResponse {

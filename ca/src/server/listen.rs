@@ -177,10 +177,18 @@ fn spawn_housekeeping(ca: Arc<Ca>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
         let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
+        // Re-sign the CRL (and drop expired revocations) well before it lapses.
+        let mut crl_tick = tokio::time::interval(super::CRL_VALIDITY / 2);
+        crl_tick.tick().await;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = metrics_tick.tick() => ca.metrics().observe_journal(&ca.store().journal_stats()),
+                _ = crl_tick.tick() => {
+                    if let Err(e) = ca.refresh_revocations().await {
+                        warn!(error = %e, "cannot re-sign the CRL");
+                    }
+                }
                 _ = prune_tick.tick() => {
                     let before = SystemTime::now() - ca.config().journal_retention.as_duration();
                     match ca.store().prune_journal(before).await {

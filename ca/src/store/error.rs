@@ -55,6 +55,30 @@ pub enum StoreError {
         /// The existing entry's id (empty if it was deleted in the meantime).
         id: String,
     },
+    /// No journaled certificate has this serial.
+    #[error("no certificate with serial {serial} was issued by this CA")]
+    NotIssued {
+        /// The serial asked for.
+        serial: String,
+    },
+    /// The certificate has expired: revoking it would change nothing.
+    #[error("certificate {serial} already expired at {not_after}; nothing to revoke")]
+    AlreadyExpired {
+        /// Its serial.
+        serial: String,
+        /// Its notAfter, RFC 3339.
+        not_after: String,
+    },
+    /// The certificate is already revoked.
+    #[error("certificate {serial} was already revoked at {revoked_at} ({reason})")]
+    AlreadyRevoked {
+        /// Its serial.
+        serial: String,
+        /// When, RFC 3339.
+        revoked_at: String,
+        /// Why it was revoked.
+        reason: String,
+    },
     /// The system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,

@@ -266,3 +266,34 @@ async fn a_certificate_over_another_key_is_refused() {
         )
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_certificate_is_replaced_at_once() {
+    let signer = LocalSigner::new(Duration::ZERO);
+    let (trust_tx, trust) = watch::channel(Arc::new(TrustState::default()));
+    let cache = Cache::spawn(signer, trust, options(3600), CancellationToken::new());
+    let mut rx = cache.subscribe(&id(WEB)).await.unwrap();
+    let first = next_svid(&mut rx).await;
+    let started = tokio::time::Instant::now();
+    trust_tx.send_replace(Arc::new(TrustState {
+        version: 2,
+        revoked: vec![first.serial.clone()],
+        ..TrustState::default()
+    }));
+    let second = next_svid(&mut rx).await;
+    assert_ne!(second.serial, first.serial);
+    // Not at half-life (30 minutes away): at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Revocations of other serials change nothing.
+    trust_tx.send_replace(Arc::new(TrustState {
+        version: 3,
+        revoked: vec![first.serial.clone(), "0abc".into()],
+        ..TrustState::default()
+    }));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(rx.borrow().svid.as_ref().unwrap().serial, second.serial);
+}

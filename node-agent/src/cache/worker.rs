@@ -12,7 +12,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use zeroize::Zeroizing;
 
 use super::timing::{backoff, draw, refresh_at, retry_delay};
-use super::{CacheOptions, Command, SignRequest, SignedChain, Svid, SvidSigner, SvidSlot};
+use super::{
+    CacheOptions, Command, SignRequest, SignedChain, Svid, SvidSigner, SvidSlot, TrustState,
+};
 
 /// One identity's state.
 struct Identity {
@@ -38,6 +40,7 @@ pub(super) struct Worker {
     signer: Arc<dyn SvidSigner>,
     options: CacheOptions,
     commands: mpsc::Receiver<Command>,
+    trust: watch::Receiver<Arc<TrustState>>,
     shutdown: CancellationToken,
     identities: HashMap<SpiffeId, Identity>,
     in_flight: usize,
@@ -50,6 +53,7 @@ impl Worker {
         signer: Arc<dyn SvidSigner>,
         options: CacheOptions,
         commands: mpsc::Receiver<Command>,
+        trust: watch::Receiver<Arc<TrustState>>,
         shutdown: CancellationToken,
     ) -> Worker {
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
@@ -57,6 +61,7 @@ impl Worker {
             signer,
             options,
             commands,
+            trust,
             shutdown,
             identities: HashMap::new(),
             in_flight: 0,
@@ -66,6 +71,7 @@ impl Worker {
     }
 
     pub(super) async fn run(mut self) {
+        let mut trust_open = true;
         loop {
             self.drop_idle(Instant::now());
             let wake = self.next_wake();
@@ -79,6 +85,11 @@ impl Worker {
                     None => return,
                 },
                 Some(outcomes) = self.outcomes.recv() => self.apply(outcomes),
+                changed = self.trust.changed(), if trust_open => match changed {
+                    Ok(()) => self.replace_revoked(Instant::now()),
+                    // Nobody publishes trust any more: keep serving what is cached.
+                    Err(_) => trust_open = false,
+                },
                 () = tokio::time::sleep_until(wake) => self.dispatch(Instant::now()),
             }
         }
@@ -97,6 +108,26 @@ impl Worker {
         });
         identity.idle_since = None;
         identity.tx.subscribe()
+    }
+
+    /// Makes every identity whose certificate the CA has revoked due at once.
+    fn replace_revoked(&mut self, now: Instant) {
+        let trust = self.trust.borrow_and_update().clone();
+        if trust.revoked.is_empty() {
+            return;
+        }
+        for (id, identity) in &mut self.identities {
+            let serial = identity.tx.borrow().svid.as_ref().map(|s| s.serial.clone());
+            if let Some(serial) = serial
+                && trust.revoked.contains(&serial)
+                && !identity.in_flight
+                && identity.due > now
+            {
+                info!(%id, %serial, "certificate revoked; replacing it now");
+                identity.due = now;
+                identity.failures = 0;
+            }
+        }
     }
 
     /// The next time something is due: a renewal, or an idle identity's expiry.
