@@ -53,8 +53,25 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     writer: journal::WriterHandle,
-    entries_changed: watch::Sender<u64>,
+    entries_changed: Arc<watch::Sender<u64>>,
+    revocations_changed: Arc<watch::Sender<u64>>,
+    /// Follows other replicas' changes (PostgreSQL only).
+    listener: Option<tokio::task::JoinHandle<()>>,
+    /// Tags this store's announcements, so that it does not count its own changes twice.
+    origin: String,
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+/// The PostgreSQL channel on which replicas announce changes: the payload is `entries:ORIGIN` or
+/// `revocations:ORIGIN`.
+const CHANGES_CHANNEL: &str = "halyard_changes";
 
 /// Tuning of a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +141,17 @@ impl Store {
         };
         migrate::run(&pool).await?;
         let writer = journal::WriterHandle::start(pool.clone(), backend, options);
-        let (entries_changed, _) = watch::channel(0);
+        let entries_changed = Arc::new(watch::Sender::new(0));
+        let revocations_changed = Arc::new(watch::Sender::new(0));
+        let origin = codec::hex(&random_bytes::<8>()?);
+        let listener = (backend == Backend::Postgres).then(|| {
+            tokio::spawn(listen_for_changes(
+                url.to_owned(),
+                origin.clone(),
+                entries_changed.clone(),
+                revocations_changed.clone(),
+            ))
+        });
         tracing::debug!(?backend, "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -132,6 +159,9 @@ impl Store {
                 backend,
                 writer,
                 entries_changed,
+                revocations_changed,
+                listener,
+                origin,
             }),
         })
     }
@@ -141,13 +171,16 @@ impl Store {
         self.inner.backend
     }
 
-    /// A counter bumped after every registration entry create or delete that THIS process
-    /// committed, for components that push entries to agents.
-    ///
-    /// Changes made by other CA replicas on a shared PostgreSQL are not seen yet; they will arrive
-    /// through `LISTEN`/`NOTIFY` on the same channel.
+    /// A counter bumped after every committed registration entry create or delete — this
+    /// process's, and on PostgreSQL every replica's (`LISTEN`/`NOTIFY`) — for components that
+    /// push entries to agents.
     pub fn subscribe_entries(&self) -> watch::Receiver<u64> {
         self.inner.entries_changed.subscribe()
+    }
+
+    /// A counter bumped after every committed revocation, of any replica on PostgreSQL.
+    pub fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.inner.revocations_changed.subscribe()
     }
 
     fn pool(&self) -> &AnyPool {
@@ -155,9 +188,33 @@ impl Store {
     }
 
     fn entries_changed(&self) {
-        self.inner
-            .entries_changed
-            .send_modify(|generation| *generation = generation.wrapping_add(1));
+        bump(&self.inner.entries_changed);
+        self.announce("entries");
+    }
+
+    fn revocations_changed(&self) {
+        bump(&self.inner.revocations_changed);
+        self.announce("revocations");
+    }
+
+    /// Tells the other replicas (PostgreSQL) that `what` changed. Best effort: a replica that
+    /// misses it still re-reads revocations on its CRL timer.
+    fn announce(&self, what: &'static str) {
+        if self.inner.backend != Backend::Postgres {
+            return;
+        }
+        let pool = self.inner.pool.clone();
+        let payload = format!("{what}:{}", self.inner.origin);
+        tokio::spawn(async move {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGES_CHANNEL)
+                .bind(payload)
+                .execute(&pool)
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(%error, what, "cannot tell other replicas of a change");
+            }
+        });
     }
 }
 
@@ -205,4 +262,67 @@ async fn open_postgres(url: &str) -> Result<AnyPool, StoreError> {
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)
         .await?)
+}
+
+fn bump(counter: &watch::Sender<u64>) {
+    counter.send_modify(|generation| *generation = generation.wrapping_add(1));
+}
+
+/// Follows other replicas' announcements on PostgreSQL, reconnecting after failures.
+async fn listen_for_changes(
+    url: String,
+    origin: String,
+    entries: Arc<watch::Sender<u64>>,
+    revocations: Arc<watch::Sender<u64>>,
+) {
+    let mut reconnecting = false;
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if let Err(error) = listener.listen(CHANGES_CHANNEL).await {
+                    tracing::warn!(%error, "cannot LISTEN for other replicas' changes");
+                } else {
+                    if reconnecting {
+                        // Whatever happened while not listening: look again.
+                        bump(&entries);
+                        bump(&revocations);
+                    }
+                    loop {
+                        match listener.recv().await {
+                            Ok(notification) => {
+                                let (what, from) = notification
+                                    .payload()
+                                    .split_once(':')
+                                    .unwrap_or((notification.payload(), ""));
+                                match what {
+                                    _ if from == origin => {}
+                                    "entries" => bump(&entries),
+                                    "revocations" => bump(&revocations),
+                                    _ => {}
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "lost the LISTEN connection; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot connect to LISTEN for other replicas' changes")
+            }
+        }
+        reconnecting = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Random)?;
+    Ok(bytes)
 }

@@ -258,3 +258,63 @@ fn x509_ski(der: &[u8]) -> String {
         })
         .unwrap()
 }
+
+#[tokio::test]
+#[ignore = "needs postgres: run via the README test command"]
+async fn replicas_on_one_postgresql_see_each_others_revocations_and_entries_at_once() {
+    let url = halyard_ca::testing::fresh_postgres_database().await;
+    let a = server(&["--store-url", &url]);
+    let b = TestServer::start_replica(&a, &["--store-url", &url]);
+    // Issued through replica B, watched through replica B.
+    let ((chain, key), serials, _) = issued(&b, 1).await;
+    let mut trust = TrustServiceClient::new(b.channel(Some((&chain, &key))).await);
+    let mut stream = trust
+        .watch_trust(WatchTrustRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.revoked.is_empty());
+    assert_eq!(first.entries.len(), 1);
+
+    // Revoked through replica A.
+    let started = std::time::Instant::now();
+    a.cli(&["revoke", "--serial", &serials[0]]).unwrap();
+    let revoked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snapshot = stream.message().await.unwrap().unwrap();
+            if !snapshot.revoked.is_empty() {
+                return snapshot;
+            }
+        }
+    })
+    .await
+    .expect("replica B pushes replica A's revocation");
+    eprintln!(
+        "a revocation through replica A reached a watcher of replica B after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(revoked.revoked[0].serial, serials[0]);
+
+    // An entry created through replica A reaches the same watcher.
+    a.cli(&[
+        "entry",
+        "create",
+        "--any-node",
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/default/sa/db",
+        "--selector",
+        "unix:uid:7",
+    ])
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let snapshot = stream.message().await.unwrap().unwrap();
+            if snapshot.entries.len() == 2 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("replica B pushes replica A's entry");
+}

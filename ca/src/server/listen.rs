@@ -180,10 +180,20 @@ fn spawn_housekeeping(ca: Arc<Ca>, shutdown: CancellationToken) {
         // Re-sign the CRL (and drop expired revocations) well before it lapses.
         let mut crl_tick = tokio::time::interval(super::CRL_VALIDITY / 2);
         crl_tick.tick().await;
+        // Revocations made through other replicas (PostgreSQL LISTEN/NOTIFY).
+        let mut revocations = ca.store().subscribe_revocations();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = metrics_tick.tick() => ca.metrics().observe_journal(&ca.store().journal_stats()),
+                changed = revocations.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if let Err(e) = ca.refresh_revocations().await {
+                        warn!(error = %e, "cannot reload revocations");
+                    }
+                }
                 _ = crl_tick.tick() => {
                     if let Err(e) = ca.refresh_revocations().await {
                         warn!(error = %e, "cannot re-sign the CRL");

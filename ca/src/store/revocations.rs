@@ -80,7 +80,10 @@ impl Store {
         .execute(self.pool())
         .await;
         match inserted {
-            Ok(_) => Ok(revocation),
+            Ok(_) => {
+                self.revocations_changed();
+                Ok(revocation)
+            }
             Err(error) if is_unique_violation(&error) => {
                 let existing = self
                     .revocations(SystemTime::UNIX_EPOCH)

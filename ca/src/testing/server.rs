@@ -57,6 +57,27 @@ impl TestServer {
         server
     }
 
+    /// Starts a second replica of `first`: a new data directory holding a copy of `first`'s
+    /// intermediate, key and bundle (so both sign as one CA), with `extra` flags (give both the
+    /// same `--store-url`).
+    pub fn start_replica(first: &TestServer, extra: &[&str]) -> TestServer {
+        let mut server = TestServer {
+            dir: tempfile::tempdir().unwrap(),
+            grpc: ([127, 0, 0, 1], free_port()).into(),
+            http: ([127, 0, 0, 1], free_port()).into(),
+            binary: first.binary.clone(),
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let data = server.data_dir();
+        std::fs::create_dir_all(&data).unwrap();
+        for file in ["intermediate.key", "intermediate.crt", "bundle.pem"] {
+            std::fs::copy(first.data_dir().join(file), data.join(file)).unwrap();
+        }
+        server.spawn();
+        server
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
