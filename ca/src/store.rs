@@ -178,7 +178,8 @@ impl Store {
         self.inner.entries_changed.subscribe()
     }
 
-    /// A counter bumped after every committed revocation, of any replica on PostgreSQL.
+    /// A counter bumped after every revocation committed by ANOTHER replica on the same
+    /// PostgreSQL (this process's own revocations are its caller's to publish).
     pub fn subscribe_revocations(&self) -> watch::Receiver<u64> {
         self.inner.revocations_changed.subscribe()
     }
@@ -193,7 +194,6 @@ impl Store {
     }
 
     fn revocations_changed(&self) {
-        bump(&self.inner.revocations_changed);
         self.announce("revocations");
     }
 
