@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use halyard_ca::authority::{certs_from_pem, certs_to_pem};
 use halyard_ca::testing::TestServer;
-use halyard_proto::api::ca::WatchTrustRequest;
 use halyard_proto::api::ca::trust_service_client::TrustServiceClient;
+use halyard_proto::api::ca::{TrustSnapshot, WatchTrustRequest};
 
 const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
 
@@ -37,6 +37,19 @@ async fn issued(server: &TestServer, n: usize) -> ((String, String), Vec<String>
         chains.push(chain);
     }
     (node, serials, chains)
+}
+
+/// The next snapshot on `stream` for which `wanted` holds.
+async fn snapshot_where(
+    stream: &mut tonic::Streaming<TrustSnapshot>,
+    wanted: impl Fn(&TrustSnapshot) -> bool,
+) -> TrustSnapshot {
+    loop {
+        let snapshot = stream.message().await.unwrap().unwrap();
+        if wanted(&snapshot) {
+            return snapshot;
+        }
+    }
 }
 
 /// `GET path` on the CA's HTTP port: (status line, body).
@@ -139,14 +152,10 @@ async fn watch_trust_pushes_the_revoked_serial_and_the_crl() {
     assert!(first.revoked.is_empty());
     assert_eq!(first.crls.len(), 1, "an empty CRL from the start");
     server.cli(&["revoke", "--serial", &serials[0]]).unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let snapshot = stream.message().await.unwrap().unwrap();
-            if !snapshot.revoked.is_empty() {
-                return snapshot;
-            }
-        }
-    })
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        snapshot_where(&mut stream, |s| !s.revoked.is_empty()),
+    )
     .await
     .expect("the revocation is pushed");
     assert_eq!(next.revoked[0].serial, serials[0]);
@@ -280,14 +289,10 @@ async fn replicas_on_one_postgresql_see_each_others_revocations_and_entries_at_o
     // Revoked through replica A.
     let started = std::time::Instant::now();
     a.cli(&["revoke", "--serial", &serials[0]]).unwrap();
-    let revoked = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let snapshot = stream.message().await.unwrap().unwrap();
-            if !snapshot.revoked.is_empty() {
-                return snapshot;
-            }
-        }
-    })
+    let revoked = tokio::time::timeout(
+        Duration::from_secs(10),
+        snapshot_where(&mut stream, |s| !s.revoked.is_empty()),
+    )
     .await
     .expect("replica B pushes replica A's revocation");
     eprintln!(
@@ -307,14 +312,10 @@ async fn replicas_on_one_postgresql_see_each_others_revocations_and_entries_at_o
         "unix:uid:7",
     ])
     .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let snapshot = stream.message().await.unwrap().unwrap();
-            if snapshot.entries.len() == 2 {
-                return;
-            }
-        }
-    })
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        snapshot_where(&mut stream, |s| s.entries.len() == 2),
+    )
     .await
     .expect("replica B pushes replica A's entry");
 }

@@ -53,6 +53,20 @@ fn root_of(ca: &TestServer) -> Vec<u8> {
         .remove(0)
 }
 
+/// The serial (hex, no colons) of the SVID uid 0 gets from the agent now.
+fn fetched_serial(agent: &TestAgent) -> String {
+    let (ok, output) = agent.fetch_as(0);
+    assert!(ok, "{output}\n{}", agent.log());
+    output
+        .split("serial ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn the_spiffe_crate_fetches_an_svid_that_validates() {
     let (ca, agent) = ca_and_agent(&[], &[]);
@@ -266,22 +280,10 @@ async fn the_agent_serves_its_cache_while_the_ca_is_down_and_resumes_after() {
         &["--max-ttl", "8s", "--default-ttl", "8s"],
         &["--ttl", "8s"],
     );
-    let serial = |agent: &TestAgent| -> String {
-        let (ok, output) = agent.fetch_as(0);
-        assert!(ok, "{output}\n{}", agent.log());
-        output
-            .split("serial ")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    let first = serial(&agent);
+    let first = fetched_serial(&agent);
     ca.kill();
     // Down: the cached certificate is still served.
-    assert_eq!(serial(&agent), first);
+    assert_eq!(fetched_serial(&agent), first);
     std::thread::sleep(Duration::from_secs(5));
     let log = agent.log();
     assert!(
@@ -292,7 +294,7 @@ async fn the_agent_serves_its_cache_while_the_ca_is_down_and_resumes_after() {
     // Up again: renewal resumes.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = serial(&agent);
+        let now = fetched_serial(&agent);
         if now != first {
             break;
         }
@@ -329,24 +331,12 @@ async fn the_node_svid_is_renewed_over_mtls_before_it_expires() {
 #[tokio::test]
 async fn a_revoked_certificate_is_replaced_at_once_and_rootca_carries_the_crl() {
     let (ca, agent) = ca_and_agent(&[], &[]);
-    let serial = |agent: &TestAgent| -> String {
-        let (ok, output) = agent.fetch_as(0);
-        assert!(ok, "{output}\n{}", agent.log());
-        output
-            .split("serial ")
-            .nth(1)
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .replace(':', "")
-    };
-    let first = serial(&agent);
+    let first = fetched_serial(&agent);
     let revoked_at = Instant::now();
     ca.cli(&["revoke", "--serial", &first, "--reason", "keyCompromise"])
         .unwrap();
     let replaced = loop {
-        let now = serial(&agent);
+        let now = fetched_serial(&agent);
         if now != first {
             break revoked_at.elapsed();
         }
