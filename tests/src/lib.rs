@@ -8,10 +8,12 @@
 //! - [`envoy`]: real Envoy proxies (server and client roles, static files or SDS credentials),
 //!   their admin endpoint (`/certs`, `/stats`); `tests/envoy.sh` installs Envoy.
 //! - [`http`]: a tiny blocking HTTP/1.1 GET.
+//! - [`mesh`]: a CA and an agent joined to it.
 //! - [`binaries`]: where the workspace's binaries are.
 //! - [`wait`]: polling another process's state.
 
 pub mod binaries;
 pub mod envoy;
 pub mod http;
+pub mod mesh;
 pub mod wait;

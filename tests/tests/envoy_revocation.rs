@@ -29,6 +29,7 @@ use halyard_ca::testing::TestServer;
 use halyard_proto::SpiffeId;
 use halyard_tests::binaries;
 use halyard_tests::envoy::{Credentials, Envoy, EnvoyConfig, SdsApi};
+use halyard_tests::mesh::start_ca_and_agent;
 
 const NODE: &str = "node-1";
 const SERVER: &str = "spiffe://cluster.local/ns/default/sa/server";
@@ -90,29 +91,7 @@ impl Mesh {
     /// Starts the CA, registers each (SPIFFE ID, uid) on [`NODE`] before the agent joins (so its
     /// first trust snapshot has them), then starts the agent.
     fn start(entries: &[(&str, u32)]) -> Mesh {
-        let ca = TestServer::start(&binaries::halyard_ca(), &[]);
-        for (spiffe_id, uid) in entries {
-            let selector = format!("unix:uid:{uid}");
-            ca.cli(&[
-                "entry",
-                "create",
-                "--node",
-                NODE,
-                "--spiffe-id",
-                spiffe_id,
-                "--selector",
-                &selector,
-            ])
-            .unwrap_or_else(|e| panic!("entry for {spiffe_id}: {e}"));
-        }
-        let token = ca.cli(&["token", "create", "--node", NODE]).unwrap();
-        let agent = TestAgent::start(
-            &binaries::halyard_agent(),
-            &format!("https://{}", ca.grpc),
-            &ca.data_dir().join("bundle.pem"),
-            token.trim(),
-            &[],
-        );
+        let (ca, agent) = start_ca_and_agent(NODE, entries, &[], &[]);
         Mesh { ca, agent }
     }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use halyard_agent::testing::TestAgent;
 use halyard_ca::testing::TestServer;
 use halyard_proto::SpiffeId;
-use halyard_tests::binaries;
 use halyard_tests::envoy::{Credentials, Envoy, EnvoyConfig, SdsApi};
+use halyard_tests::mesh::start_ca_and_agent;
 use halyard_tests::wait::wait_until;
 
 const NODE: &str = "node-1";
@@ -56,29 +56,7 @@ impl Mesh {
     /// agent joins, so its first trust snapshot has them), then starts the agent with
     /// `agent_flags`.
     fn start(ca_flags: &[&str], agent_flags: &[&str], entries: &[(&str, u32)]) -> Mesh {
-        let ca = TestServer::start(&binaries::halyard_ca(), ca_flags);
-        for (spiffe_id, uid) in entries {
-            let selector = format!("unix:uid:{uid}");
-            ca.cli(&[
-                "entry",
-                "create",
-                "--node",
-                NODE,
-                "--spiffe-id",
-                spiffe_id,
-                "--selector",
-                &selector,
-            ])
-            .unwrap_or_else(|e| panic!("entry for {spiffe_id}: {e}"));
-        }
-        let token = ca.cli(&["token", "create", "--node", NODE]).unwrap();
-        let agent = TestAgent::start(
-            &binaries::halyard_agent(),
-            &format!("https://{}", ca.grpc),
-            &ca.data_dir().join("bundle.pem"),
-            token.trim(),
-            agent_flags,
-        );
+        let (ca, agent) = start_ca_and_agent(NODE, entries, ca_flags, agent_flags);
         Mesh { ca, agent }
     }
 
