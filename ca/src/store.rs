@@ -7,12 +7,14 @@
 //! - [join tokens](Store::create_join_token), stored as SHA-256 hashes, single use.
 //! - [nodes](Store::record_node): attested node agents, and bans.
 //! - [registration entries](Store::create_entry), with a [change feed](Store::subscribe_entries).
+//! - [authorities](Store::authorities): intermediates, prepared → active → old or tainted.
 //!
 //! The store knows SQL and nothing of SPIFFE or gRPC: identities arrive as plain strings that the
 //! caller has already parsed. Every time is stored as whole unix seconds (BIGINT); every hash and
 //! DER blob as lowercase hex TEXT, the one binary encoding both engines (and the `Any` driver)
 //! agree on.
 
+mod authorities;
 mod codec;
 mod entries;
 mod error;
@@ -33,6 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{AnyPool, ConnectOptions, Connection, Executor};
 use tokio::sync::watch;
 
+pub use authorities::{AuthorityRecord, AuthorityState, Taint};
 pub use entries::{Entry, EntryScope, NewEntry};
 pub use error::StoreError;
 pub use journal::{
@@ -55,6 +58,7 @@ struct Inner {
     writer: journal::WriterHandle,
     entries_changed: Arc<watch::Sender<u64>>,
     revocations_changed: Arc<watch::Sender<u64>>,
+    authorities_changed: Arc<watch::Sender<u64>>,
     /// Follows other replicas' changes (PostgreSQL only).
     listener: Option<tokio::task::JoinHandle<()>>,
     /// Tags this store's announcements, so that it does not count its own changes twice.
@@ -70,7 +74,7 @@ impl Drop for Inner {
 }
 
 /// The PostgreSQL channel on which replicas announce changes: the payload is `entries:ORIGIN` or
-/// `revocations:ORIGIN`.
+/// `revocations:ORIGIN` or `authorities:ORIGIN`.
 const CHANGES_CHANNEL: &str = "halyard_changes";
 
 /// Tuning of a [`Store`].
@@ -143,6 +147,7 @@ impl Store {
         let writer = journal::WriterHandle::start(pool.clone(), backend, options);
         let entries_changed = Arc::new(watch::Sender::new(0));
         let revocations_changed = Arc::new(watch::Sender::new(0));
+        let authorities_changed = Arc::new(watch::Sender::new(0));
         let origin = codec::hex(&random_bytes::<8>()?);
         let listener = (backend == Backend::Postgres).then(|| {
             tokio::spawn(listen_for_changes(
@@ -150,6 +155,7 @@ impl Store {
                 origin.clone(),
                 entries_changed.clone(),
                 revocations_changed.clone(),
+                authorities_changed.clone(),
             ))
         });
         tracing::debug!(?backend, "store opened");
@@ -160,6 +166,7 @@ impl Store {
                 writer,
                 entries_changed,
                 revocations_changed,
+                authorities_changed,
                 listener,
                 origin,
             }),
@@ -184,6 +191,12 @@ impl Store {
         self.inner.revocations_changed.subscribe()
     }
 
+    /// A counter bumped after every authority change committed by ANOTHER replica on the same
+    /// PostgreSQL (this process's own changes are its caller's to publish).
+    pub fn subscribe_authorities(&self) -> watch::Receiver<u64> {
+        self.inner.authorities_changed.subscribe()
+    }
+
     fn pool(&self) -> &AnyPool {
         &self.inner.pool
     }
@@ -195,6 +208,10 @@ impl Store {
 
     fn revocations_changed(&self) {
         self.announce("revocations");
+    }
+
+    fn authorities_changed(&self) {
+        self.announce("authorities");
     }
 
     /// Tells the other replicas (PostgreSQL) that `what` changed. Best effort: a replica that
@@ -274,6 +291,7 @@ async fn listen_for_changes(
     origin: String,
     entries: Arc<watch::Sender<u64>>,
     revocations: Arc<watch::Sender<u64>>,
+    authorities: Arc<watch::Sender<u64>>,
 ) {
     let mut reconnecting = false;
     loop {
@@ -286,6 +304,7 @@ async fn listen_for_changes(
                         // Whatever happened while not listening: look again.
                         bump(&entries);
                         bump(&revocations);
+                        bump(&authorities);
                     }
                     loop {
                         match listener.recv().await {
@@ -298,6 +317,7 @@ async fn listen_for_changes(
                                     _ if from == origin => {}
                                     "entries" => bump(&entries),
                                     "revocations" => bump(&revocations),
+                                    "authorities" => bump(&authorities),
                                     _ => {}
                                 }
                             }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod store {
+    mod authorities;
     mod entries;
     mod journal;
     mod nodes;
@@ -66,5 +67,8 @@ mod store {
         entries::a_duplicate_entry_is_refused,
         entries::invalid_entries_are_refused,
         entries::the_change_feed_counts_committed_changes,
+        authorities::an_authority_goes_from_prepared_to_active_to_old,
+        authorities::refused_authority_changes_change_nothing,
+        authorities::tainting_the_active_authority_activates_the_newest_prepared,
     }
 }

@@ -79,6 +79,37 @@ pub enum StoreError {
         /// Why it was revoked.
         reason: String,
     },
+    /// No authority has this id.
+    #[error("no authority with id {id}: see `halyard-ca authority list`")]
+    AuthorityUnknown {
+        /// The id asked for.
+        id: String,
+    },
+    /// An authority with this id is already recorded.
+    #[error("authority {id} is already known ({state})")]
+    AuthorityExists {
+        /// Its id.
+        id: String,
+        /// Its state.
+        state: super::AuthorityState,
+    },
+    /// The authority is not in a state that allows the change.
+    #[error("authority {id}: {reason}")]
+    AuthorityState {
+        /// Its id.
+        id: String,
+        /// Why the change is refused.
+        reason: String,
+    },
+    /// Tainting the active authority needs a prepared one to take over.
+    #[error(
+        "authority {id} is active and no unexpired prepared authority can take over: run \
+         `halyard-ca authority prepare` first"
+    )]
+    NoSuccessor {
+        /// The active authority's id.
+        id: String,
+    },
     /// The system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
