@@ -2,6 +2,7 @@
 
 mod admin;
 mod audit;
+mod authority;
 mod ceremony;
 mod serve;
 
@@ -38,7 +39,10 @@ enum Command {
     Entry(admin::EntryCommand),
     /// Revoke one certificate, or every unexpired certificate of an identity (admin socket).
     Revoke(admin::RevokeArgs),
-    /// The trust bundle (admin socket).
+    /// Signing authorities (intermediates): list, prepare, activate, taint (admin socket).
+    #[command(subcommand)]
+    Authority(authority::AuthorityCommand),
+    /// The trust bundle: show it, add or remove a root (admin socket).
     #[command(subcommand)]
     Bundle(admin::BundleCommand),
     /// The issuance journal, read from the store itself (no running CA needed).
@@ -70,6 +74,7 @@ impl Cli {
             Command::Token(command) => runtime()?.block_on(command.run()),
             Command::Entry(command) => runtime()?.block_on(command.run()),
             Command::Bundle(command) => runtime()?.block_on(command.run()),
+            Command::Authority(command) => runtime()?.block_on(command.run()),
             Command::Revoke(args) => runtime()?.block_on(args.run()),
             Command::Audit(command) => runtime()?.block_on(command.run()),
             Command::Healthcheck(target) => runtime()?.block_on(admin::healthcheck(target)),

@@ -5,6 +5,7 @@
 //! then hand out). [`run`] wires it to the listeners: gRPC over TLS ([`crate::api`]), the admin
 //! socket, and HTTP for metrics and health.
 
+mod authorities;
 mod dev;
 mod http;
 mod issue;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::files;
 use crate::store::{Store, StoreError, StoreOptions};
 
+pub use authorities::{AuthoritySet, ChangeError, KnownAuthority, Prepared, RootRemoved};
 pub use issue::IssueError;
 pub use metrics::Metrics;
 pub use revocation::{CRL_VALIDITY, RevocationState, RevokeTarget};
@@ -56,6 +58,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The authorities could not be loaded.
+    #[error("cannot load the authorities: {0}")]
+    Authorities(String),
     /// The server's own certificate could not be issued.
     #[error("cannot issue the server's own certificate: {0}")]
     ServingCert(String),
@@ -65,9 +70,10 @@ pub enum ServerError {
 pub struct Ca {
     config: Config,
     store: Store,
-    authority: RwLock<Arc<Authority>>,
+    authorities: RwLock<Arc<AuthoritySet>>,
+    /// The active authority's id, for tasks that follow it (the serving certificate).
+    active_id: watch::Sender<String>,
     bundle: RwLock<Arc<Vec<Vec<u8>>>>,
-    issuing_root: RwLock<Arc<Vec<u8>>>,
     revocations: RwLock<Arc<RevocationState>>,
     trust_version: watch::Sender<u64>,
     metrics: Metrics,
@@ -82,12 +88,7 @@ impl Ca {
         if config.dev {
             dev::bootstrap(&data, &config.trust_domain)?;
         }
-        let policy = Policy {
-            default_ttl: config.default_ttl,
-            max_ttl: config.max_ttl,
-            ..Policy::default()
-        };
-        let authority = ceremony::load_authority(&data, policy, SystemTime::now())?;
+        let authority = ceremony::load_authority(&data, policy(&config), SystemTime::now())?;
         let bundle =
             certs_from_pem(&files::read_public(&data.bundle()).map_err(CeremonyError::from)?)
                 .map_err(|reason| CeremonyError::Pem {
@@ -102,7 +103,7 @@ impl Ca {
                     source: Box::new(source),
                 }
             })?;
-        let issuing_root = bundle[root_index].clone();
+        let active_root = bundle[root_index].clone();
         let store = Store::open(&config.store_url, StoreOptions::default())
             .await
             .map_err(|source| ServerError::Store {
@@ -115,9 +116,13 @@ impl Ca {
             limits: limits::Limits::new(config.max_in_flight, config.node_rate_limit),
             config,
             store,
-            authority: RwLock::new(Arc::new(authority)),
+            active_id: watch::Sender::new(authority.id().to_owned()),
+            authorities: RwLock::new(Arc::new(AuthoritySet {
+                active: Arc::new(authority),
+                active_root,
+                known: Vec::new(),
+            })),
             bundle: RwLock::new(Arc::new(bundle)),
-            issuing_root: RwLock::new(Arc::new(issuing_root)),
             revocations: RwLock::new(Arc::new(RevocationState::default())),
             trust_version: watch::Sender::new(1),
             metrics,
@@ -146,11 +151,26 @@ impl Ca {
 
     /// The active authority.
     pub fn authority(&self) -> Arc<Authority> {
+        self.authority_set().active.clone()
+    }
+
+    /// Every known authority, and the active one.
+    pub fn authority_set(&self) -> Arc<AuthoritySet> {
         // A poisoned lock still holds a valid Arc: a panic cannot leave it half-written.
-        self.authority
+        self.authorities
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// The active authority's id; changes when another authority is activated.
+    pub fn watch_active(&self) -> watch::Receiver<String> {
+        self.active_id.subscribe()
+    }
+
+    /// The issuance policy of every authority.
+    pub fn policy(&self) -> Policy {
+        policy(&self.config)
     }
 
     /// The trust bundle: every root, DER.
@@ -162,11 +182,8 @@ impl Ca {
     }
 
     /// The root the active intermediate chains to, DER.
-    pub fn issuing_root(&self) -> Arc<Vec<u8>> {
-        self.issuing_root
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    pub fn issuing_root(&self) -> Vec<u8> {
+        self.authority_set().active_root.clone()
     }
 
     /// Changes whenever the bundle, the authorities or the revocations change.
@@ -202,13 +219,19 @@ impl Ca {
 /// Runs the server until `shutdown` is cancelled or a listener fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let ca = Ca::open(config).await?;
-    ca.refresh_revocations()
+    ca.reload_authorities()
         .await
-        .map_err(|source| ServerError::Store {
-            url: redact_url(&ca.config.store_url),
-            source,
-        })?;
+        .map_err(|e| ServerError::Authorities(e.to_string()))?;
     listen::serve(ca, shutdown).await
+}
+
+/// The issuance policy the configuration sets.
+fn policy(config: &Config) -> Policy {
+    Policy {
+        default_ttl: config.default_ttl,
+        max_ttl: config.max_ttl,
+        ..Policy::default()
+    }
 }
 
 /// A store URL with any password replaced, for messages.

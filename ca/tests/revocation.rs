@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
 use halyard_ca::authority::{certs_from_pem, certs_to_pem};
-use halyard_ca::testing::TestServer;
+use halyard_ca::testing::{TestServer, key_id};
 use halyard_proto::api::ca::trust_service_client::TrustServiceClient;
 use halyard_proto::api::ca::{TrustSnapshot, WatchTrustRequest};
 
@@ -50,22 +49,6 @@ async fn snapshot_where(
             return snapshot;
         }
     }
-}
-
-/// `GET path` on the CA's HTTP port: (status line, body).
-fn http_get(server: &TestServer, path: &str) -> (String, Vec<u8>) {
-    let mut stream = std::net::TcpStream::connect(server.http).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let status = head.lines().next().unwrap().to_owned();
-    (status, response[split + 4..].to_vec())
 }
 
 #[tokio::test]
@@ -186,8 +169,8 @@ async fn the_crl_is_served_signed_and_survives_a_restart() {
         )
         .unwrap()
         .remove(0);
-        let ski = x509_ski(&intermediate);
-        let (status, crl) = http_get(server, &format!("/crl/{ski}.crl"));
+        let ski = key_id(&intermediate, false);
+        let (status, crl) = server.http_get(&format!("/crl/{ski}.crl"));
         assert!(status.contains("200"), "{status}");
         let crl_pem = dir.path().join("crl.pem");
         std::fs::write(&crl_pem, pem::encode(&pem::Pem::new("X509 CRL", crl))).unwrap();
@@ -250,22 +233,8 @@ async fn the_crl_is_served_signed_and_survives_a_restart() {
         .cli(&["revoke", "--serial", &serials[0]])
         .unwrap_err();
     assert!(again.contains("already revoked"), "{again}");
-    let (status, _) = http_get(&server, "/crl/nope.crl");
+    let (status, _) = server.http_get("/crl/nope.crl");
     assert!(status.contains("404"), "{status}");
-}
-
-fn x509_ski(der: &[u8]) -> String {
-    use x509_parser::extensions::ParsedExtension;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    cert.extensions()
-        .iter()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(id) => {
-                Some(id.0.iter().map(|b| format!("{b:02x}")).collect())
-            }
-            _ => None,
-        })
-        .unwrap()
 }
 
 #[tokio::test]

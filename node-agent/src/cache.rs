@@ -34,6 +34,8 @@ pub struct Svid {
     pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
+    /// The id of the authority that signed it (hex of the leaf's authority key identifier).
+    pub issuer: String,
     key: Zeroizing<Vec<u8>>,
 }
 
@@ -67,6 +69,26 @@ impl fmt::Debug for Svid {
     }
 }
 
+/// Lowercase hex of a certificate's authority key identifier: the id of the authority that
+/// signed it (empty if it has none).
+pub fn authority_key_id(der: &[u8]) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, cert)| {
+            cert.extensions()
+                .iter()
+                .find_map(|e| match e.parsed_extension() {
+                    ParsedExtension::AuthorityKeyIdentifier(aki) => aki
+                        .key_identifier
+                        .as_ref()
+                        .map(|id| id.0.iter().map(|b| format!("{b:02x}")).collect()),
+                    _ => None,
+                })
+        })
+        .unwrap_or_default()
+}
+
 /// PEM text of DER certificates.
 pub fn pem_certs(certs: &[Vec<u8>]) -> String {
     certs
@@ -97,6 +119,8 @@ pub struct TrustState {
     pub crls: Vec<Vec<u8>>,
     /// Revoked serials (lowercase hex).
     pub revoked: Vec<String>,
+    /// Ids of tainted authorities: every certificate they signed is replaced.
+    pub tainted: Vec<String>,
     /// This node's registration entries.
     pub entries: Vec<Entry>,
 }
@@ -116,6 +140,9 @@ pub struct CacheOptions {
     pub backoff_cap: Duration,
     /// An identity nobody has watched for this long is dropped.
     pub idle_timeout: Duration,
+    /// Certificates signed by a tainted authority are replaced at random times within this
+    /// window (so a taint does not become a storm at the CA).
+    pub taint_spread: Duration,
 }
 
 impl Default for CacheOptions {
@@ -127,6 +154,7 @@ impl Default for CacheOptions {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
+            taint_spread: Duration::from_secs(30),
         }
     }
 }

@@ -14,12 +14,13 @@ use halyard_proto::api::ca::node_service_client::NodeServiceClient;
 use halyard_proto::api::ca::svid_result::Result as ItemResult;
 use halyard_proto::api::ca::svid_service_client::SvidServiceClient;
 use halyard_proto::api::ca::{AttestRequest, SignX509SvidsRequest, SvidRequest};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::timing::{backoff, draw, refresh_at, retry_delay};
-use crate::cache::{SignRequest, SignedChain, SvidSigner};
+use crate::cache::{SignRequest, SignedChain, SvidSigner, TrustState};
 use halyard_proto::transport::error_chain;
 
 pub use identity::NodeSvid;
@@ -72,10 +73,15 @@ pub struct CaEndpoint {
     pub data_dir: PathBuf,
 }
 
-/// A connection to the CA authenticated with the node SVID, replaced when the SVID is renewed.
+/// A connection to the CA authenticated with the node SVID, replaced when the SVID is renewed
+/// or the trust bundle changes.
 #[derive(Clone)]
 pub struct NodeClient {
     endpoint: CaEndpoint,
+    /// The roots trusted for the CA's own certificate, PEM: the bootstrap bundle, then what the
+    /// CA pushes (kept in the data directory's `bundle.pem`, so a restart after a root rotation
+    /// still trusts the CA).
+    bundle: Arc<RwLock<String>>,
     current: Arc<RwLock<(Arc<NodeSvid>, Channel)>>,
 }
 
@@ -83,9 +89,19 @@ impl NodeClient {
     /// Joins the CA: with the node SVID stored in the data directory if it is still valid, else
     /// by attesting with `join_token`.
     pub async fn join(
-        endpoint: CaEndpoint,
+        mut endpoint: CaEndpoint,
         join_token: Option<&str>,
     ) -> Result<NodeClient, NodeError> {
+        let stored = endpoint.data_dir.join("bundle.pem");
+        if stored.exists() {
+            let pem = halyard_proto::files::read_public(&stored)?;
+            if let Ok(pem) = String::from_utf8(pem)
+                && pem.contains("-----BEGIN CERTIFICATE-----")
+            {
+                debug!(path = %stored.display(), "trusting the bundle the CA last pushed");
+                endpoint.trust_bundle = pem;
+            }
+        }
         let svid = match NodeSvid::load(&endpoint.data_dir)? {
             Some(svid) if svid.not_after > SystemTime::now() + Duration::from_secs(10) => {
                 info!(id = %svid.spiffe_id, "using the stored node SVID");
@@ -102,9 +118,48 @@ impl NodeClient {
         };
         let channel = channel(&endpoint, Some(&svid)).await?;
         Ok(NodeClient {
+            bundle: Arc::new(RwLock::new(endpoint.trust_bundle.clone())),
             endpoint,
             current: Arc::new(RwLock::new((Arc::new(svid), channel))),
         })
+    }
+
+    /// The endpoint with the bundle trusted now.
+    fn endpoint(&self) -> CaEndpoint {
+        CaEndpoint {
+            trust_bundle: self
+                .bundle
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..self.endpoint.clone()
+        }
+    }
+
+    /// Trusts `roots` (DER) for the CA from now on, if they differ from what is trusted: stores
+    /// them and reconnects on first use.
+    pub fn update_bundle(&self, roots: &[Vec<u8>]) -> Result<(), NodeError> {
+        if roots.is_empty() {
+            return Ok(());
+        }
+        let pem = crate::cache::pem_certs(roots);
+        if *self.bundle.read().unwrap_or_else(|p| p.into_inner()) == pem {
+            return Ok(());
+        }
+        halyard_proto::files::write_public(
+            &self.endpoint.data_dir.join("bundle.pem"),
+            pem.as_bytes(),
+            halyard_proto::files::Overwrite::Allow,
+        )?;
+        *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = pem;
+        let svid = self.svid();
+        let channel = lazy_channel(&self.endpoint(), Some(&svid))?;
+        info!(
+            roots = roots.len(),
+            "the trust bundle changed; reconnecting to the CA with it"
+        );
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (svid, channel);
+        Ok(())
     }
 
     /// The channel to use now.
@@ -125,12 +180,38 @@ impl NodeClient {
             .clone()
     }
 
-    /// Renews the node SVID at half its life, over mTLS with the current one, until `shutdown`.
-    pub async fn keep_renewed(self, shutdown: CancellationToken) {
+    /// Renews the node SVID at half its life, over mTLS with the current one, until `shutdown`;
+    /// sooner (within `taint_spread`) when the authority that signed it is tainted.
+    pub async fn keep_renewed(
+        self,
+        mut trust: watch::Receiver<Arc<TrustState>>,
+        taint_spread: Duration,
+        shutdown: CancellationToken,
+    ) {
         let mut failures = 0;
+        let mut trust_open = true;
+        let mut renew_at: Option<(String, SystemTime)> = None;
         loop {
             let svid = self.svid();
-            let renew = refresh_at(svid.not_before, svid.not_after, draw() * 2.0 - 1.0);
+            let tainted = trust.borrow_and_update().tainted.contains(&svid.issuer);
+            let renew = match &renew_at {
+                Some((serial, at)) if *serial == svid.serial => *at,
+                _ => {
+                    let at = refresh_at(svid.not_before, svid.not_after, draw() * 2.0 - 1.0);
+                    renew_at = Some((svid.serial.clone(), at));
+                    at
+                }
+            };
+            let renew = if tainted {
+                let soon = SystemTime::now() + taint_spread.mul_f64(draw());
+                if soon < renew {
+                    info!(authority = %svid.issuer, "the node SVID was signed by a tainted authority; renewing it");
+                    renew_at = Some((svid.serial.clone(), soon));
+                }
+                renew.min(soon)
+            } else {
+                renew
+            };
             let now = SystemTime::now();
             let wait = if failures == 0 {
                 renew.duration_since(now).unwrap_or(Duration::ZERO)
@@ -146,6 +227,10 @@ impl NodeClient {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+                changed = trust.changed(), if trust_open => {
+                    trust_open = changed.is_ok();
+                    continue;
+                }
             }
             match self.renew().await {
                 Ok(()) => failures = 0,
@@ -166,17 +251,18 @@ impl NodeClient {
 
     async fn renew(&self) -> Result<(), NodeError> {
         let current = self.svid();
-        let svid = attest(&self.endpoint, None, Some(&current)).await?;
-        svid.store(&self.endpoint.data_dir)?;
-        let channel = channel(&self.endpoint, Some(&svid)).await?;
+        let endpoint = self.endpoint();
+        let svid = attest(&endpoint, None, Some(&current)).await?;
+        svid.store(&endpoint.data_dir)?;
+        let channel = channel(&endpoint, Some(&svid)).await?;
         info!(serial = %svid.serial, "renewed the node SVID");
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(svid), channel);
         Ok(())
     }
 }
 
-/// A TLS channel to the CA, presenting `svid` when given.
-async fn channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Channel, NodeError> {
+/// The TLS endpoint of the CA, presenting `svid` when given.
+fn tls_endpoint(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Endpoint, NodeError> {
     let address_err = |reason: String| NodeError::Address {
         address: endpoint.address.clone(),
         reason,
@@ -189,11 +275,21 @@ async fn channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Chann
             svid.key_pem().as_bytes(),
         ));
     }
-    Endpoint::from_shared(endpoint.address.clone())
+    Ok(Endpoint::from_shared(endpoint.address.clone())
         .map_err(|e| address_err(e.to_string()))?
         .tls_config(tls)
         .map_err(|e| address_err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10)))
+}
+
+/// A channel that connects on first use.
+fn lazy_channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Channel, NodeError> {
+    Ok(tls_endpoint(endpoint, svid)?.connect_lazy())
+}
+
+/// A TLS channel to the CA, presenting `svid` when given.
+async fn channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Channel, NodeError> {
+    tls_endpoint(endpoint, svid)?
         .connect()
         .await
         .map_err(|e| NodeError::Connect {

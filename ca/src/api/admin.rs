@@ -7,6 +7,12 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use halyard_proto::api::ca::admin_service_server::AdminService;
 use halyard_proto::api::ca::{
+    ActivateAuthorityRequest, ActivateAuthorityResponse, AddRootRequest, AddRootResponse,
+    AuthorityInfo, ListAuthoritiesRequest, ListAuthoritiesResponse, PrepareAuthorityRequest,
+    PrepareAuthorityResponse, RemoveRootRequest, RemoveRootResponse, TaintAuthorityRequest,
+    TaintAuthorityResponse, prepare_authority_response,
+};
+use halyard_proto::api::ca::{
     CreateEntryRequest, CreateEntryResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetBundleResponse, HealthRequest,
     HealthResponse, ListEntriesRequest, ListEntriesResponse, RevokeRequest, RevokeResponse,
@@ -22,8 +28,8 @@ use super::status::store_status;
 use super::trust::entry_message;
 use super::unix_secs;
 use crate::authority::{RevocationReason, Serial};
-use crate::server::{Ca, RevokeTarget};
-use crate::store::{EntryScope, NewEntry, StoreError};
+use crate::server::{Ca, ChangeError, KnownAuthority, Prepared, RevokeTarget};
+use crate::store::{AuthorityRecord, EntryScope, NewEntry, StoreError};
 
 /// The operator's service.
 pub struct AdminApi {
@@ -293,5 +299,170 @@ impl AdminService for AdminApi {
             message,
             intermediate_expires_at: unix_secs(authority.not_after()),
         }))
+    }
+
+    async fn list_authorities(
+        &self,
+        _request: Request<ListAuthoritiesRequest>,
+    ) -> Result<Response<ListAuthoritiesResponse>, Status> {
+        let set = self.ca.authority_set();
+        let records = self
+            .ca
+            .store()
+            .authorities()
+            .await
+            .map_err(|e| store_status(&e))?;
+        let authorities = records
+            .iter()
+            .map(|record| {
+                authority_info(record, set.known.iter().find(|k| k.record.id == record.id))
+            })
+            .collect();
+        Ok(Response::new(ListAuthoritiesResponse { authorities }))
+    }
+
+    async fn prepare_authority(
+        &self,
+        request: Request<PrepareAuthorityRequest>,
+    ) -> Result<Response<PrepareAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        let given = (!request.certificate_pem.is_empty()).then_some(&request.certificate_pem[..]);
+        let result = match self
+            .ca
+            .prepare_authority(given, request.want_csr)
+            .await
+            .map_err(|e| change_status(&e))?
+        {
+            Prepared::Csr(pem) => prepare_authority_response::Result::CsrPem(pem),
+            Prepared::Authority(record) => {
+                prepare_authority_response::Result::Authority(self.info(&record))
+            }
+        };
+        Ok(Response::new(PrepareAuthorityResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn activate_authority(
+        &self,
+        request: Request<ActivateAuthorityRequest>,
+    ) -> Result<Response<ActivateAuthorityResponse>, Status> {
+        let id = request.into_inner().id;
+        let record = self
+            .ca
+            .activate_authority(&id)
+            .await
+            .map_err(|e| change_status(&e))?;
+        Ok(Response::new(ActivateAuthorityResponse {
+            authority: Some(self.info(&record)),
+        }))
+    }
+
+    async fn taint_authority(
+        &self,
+        request: Request<TaintAuthorityRequest>,
+    ) -> Result<Response<TaintAuthorityResponse>, Status> {
+        let id = request.into_inner().id;
+        let taint = self
+            .ca
+            .taint_authority(&id)
+            .await
+            .map_err(|e| change_status(&e))?;
+        Ok(Response::new(TaintAuthorityResponse {
+            tainted: Some(self.info(&taint.tainted)),
+            activated: taint.activated.as_ref().map(|r| self.info(r)),
+        }))
+    }
+
+    async fn add_root(
+        &self,
+        request: Request<AddRootRequest>,
+    ) -> Result<Response<AddRootResponse>, Status> {
+        let roots = self
+            .ca
+            .add_root(&request.into_inner().certificate_pem)
+            .await
+            .map_err(|e| change_status(&e))?;
+        Ok(Response::new(AddRootResponse {
+            roots: u32::try_from(roots).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn remove_root(
+        &self,
+        request: Request<RemoveRootRequest>,
+    ) -> Result<Response<RemoveRootResponse>, Status> {
+        let removed = self
+            .ca
+            .remove_root(&request.into_inner().certificate_pem)
+            .await
+            .map_err(|e| change_status(&e))?;
+        Ok(Response::new(RemoveRootResponse {
+            roots: u32::try_from(removed.roots).unwrap_or(u32::MAX),
+            orphaned_authorities: removed.orphaned,
+        }))
+    }
+}
+
+impl AdminApi {
+    /// `record` as the operator sees it, with what this CA knows of it now.
+    fn info(&self, record: &AuthorityRecord) -> AuthorityInfo {
+        let set = self.ca.authority_set();
+        authority_info(record, set.known.iter().find(|k| k.record.id == record.id))
+    }
+}
+
+fn authority_info(record: &AuthorityRecord, known: Option<&KnownAuthority>) -> AuthorityInfo {
+    let first = crate::authority::certs_from_pem(record.chain_pem.as_bytes())
+        .ok()
+        .and_then(|certs| certs.into_iter().next());
+    let subject = first
+        .as_deref()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| cert.subject().to_string())
+        .unwrap_or_default();
+    let usable = known.is_some_and(|k| k.authority.is_some());
+    let root_sha256 = known
+        .and_then(|k| k.root.as_ref())
+        .map(|root| {
+            ring::digest::digest(&ring::digest::SHA256, root)
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    AuthorityInfo {
+        id: record.id.clone(),
+        state: record.state.to_string(),
+        subject,
+        not_after: unix_secs(record.not_after),
+        created_at: unix_secs(record.created_at),
+        activated_at: record.activated_at.map_or(0, unix_secs),
+        tainted_at: record.tainted_at.map_or(0, unix_secs),
+        usable,
+        root_sha256,
+        chain_pem: record.chain_pem.clone(),
+    }
+}
+
+/// The status for a refused authority or bundle change.
+fn change_status(error: &ChangeError) -> Status {
+    match error {
+        ChangeError::Store(StoreError::AuthorityUnknown { .. }) => {
+            Status::not_found(error.to_string())
+        }
+        ChangeError::Store(StoreError::AuthorityExists { .. }) => {
+            Status::already_exists(error.to_string())
+        }
+        ChangeError::Store(StoreError::AuthorityState { .. } | StoreError::NoSuccessor { .. }) => {
+            Status::failed_precondition(error.to_string())
+        }
+        ChangeError::Store(other) => store_status(other),
+        ChangeError::File(_) => Status::internal(error.to_string()),
+        ChangeError::Precondition(_) => Status::failed_precondition(error.to_string()),
+        ChangeError::Invalid(_) => Status::invalid_argument(error.to_string()),
+        ChangeError::NotFound(_) => Status::not_found(error.to_string()),
+        ChangeError::AlreadyExists(_) => Status::already_exists(error.to_string()),
     }
 }

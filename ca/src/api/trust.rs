@@ -95,19 +95,36 @@ async fn push_snapshots(
 }
 
 fn snapshot(ca: &Ca, version: u64, entries: &[Entry]) -> TrustSnapshot {
-    let authority = ca.authority();
+    let set = ca.authority_set();
     let revocations = ca.revocation_state();
+    let mut authorities: Vec<Authority> = set
+        .known
+        .iter()
+        .map(|k| Authority {
+            id: k.record.id.clone(),
+            certificate: k
+                .authority
+                .as_ref()
+                .and_then(|a| a.chain().first().cloned())
+                .unwrap_or_default(),
+            state: k.record.state.to_string(),
+        })
+        .collect();
+    if !authorities.iter().any(|a| a.id == set.active.id()) {
+        authorities.push(Authority {
+            id: set.active.id().to_owned(),
+            certificate: set.active.chain().first().cloned().unwrap_or_default(),
+            state: "active".to_owned(),
+        });
+    }
     TrustSnapshot {
         version,
         bundle: Some(bundle_message(ca)),
-        authorities: vec![Authority {
-            id: authority.id().to_owned(),
-            certificate: authority.chain().first().cloned().unwrap_or_default(),
-            state: "active".to_owned(),
-        }],
-        crls: vec![revocations.crl.clone()]
-            .into_iter()
-            .filter(|crl| !crl.is_empty())
+        authorities,
+        crls: revocations
+            .crls
+            .iter()
+            .map(|(_, crl)| crl.clone())
             .collect(),
         revoked: revocations
             .revoked
@@ -117,7 +134,7 @@ fn snapshot(ca: &Ca, version: u64, entries: &[Entry]) -> TrustSnapshot {
                 expires_at: super::unix_secs(r.not_after),
             })
             .collect(),
-        tainted_authorities: Vec::new(),
+        tainted_authorities: set.tainted().map(str::to_owned).collect(),
         entries: entries.iter().map(entry_message).collect(),
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use halyard_proto::api::ca::admin_service_client::AdminServiceClient;
+use halyard_proto::api::ca::{AddRootRequest, RemoveRootRequest};
 use halyard_proto::api::ca::{
     CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry, GetBundleRequest,
     HealthRequest, ListEntriesRequest, RevokeRequest, Selector, revoke_request,
@@ -12,9 +13,11 @@ use halyard_proto::transport::{error_chain, unix_channel};
 use halyard_proto::{TrustBundle, Ttl};
 use tonic::transport::Channel;
 
+use crate::files;
+
 /// Where the running CA's admin socket is.
 #[derive(Debug, Args)]
-pub(super) struct AdminTarget {
+pub(crate) struct AdminTarget {
     /// The CA's data directory (its admin.sock).
     #[arg(
         long,
@@ -36,7 +39,7 @@ impl AdminTarget {
         }
     }
 
-    async fn connect(&self) -> Result<AdminServiceClient<Channel>, String> {
+    pub(super) async fn connect(&self) -> Result<AdminServiceClient<Channel>, String> {
         let path = self.path();
         let channel = unix_channel(path.clone()).await.map_err(|e| {
             format!(
@@ -49,7 +52,7 @@ impl AdminTarget {
     }
 }
 
-fn status_text(status: tonic::Status) -> String {
+pub(super) fn status_text(status: tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
@@ -293,11 +296,69 @@ pub(super) enum BundleCommand {
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
     },
+    /// Add a root to the trust bundle (root rotation, step 1): agents and Envoy trust it at once.
+    Add {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The root certificate, PEM.
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Remove a root from the trust bundle (root rotation, last step). Refused while the active
+    /// or a prepared authority chains to it.
+    Remove {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The root certificate, PEM.
+        #[arg(long)]
+        cert: PathBuf,
+    },
 }
 
 impl BundleCommand {
     pub(super) async fn run(self) -> Result<(), String> {
-        let BundleCommand::Show { target, format } = self;
+        let (target, format) = match self {
+            BundleCommand::Show { target, format } => (target, format),
+            BundleCommand::Add { target, cert } => {
+                let pem = files::read_public(&cert).map_err(|e| e.to_string())?;
+                let response = target
+                    .connect()
+                    .await?
+                    .add_root(AddRootRequest {
+                        certificate_pem: pem,
+                    })
+                    .await
+                    .map_err(|s| format!("--cert {}: {}", cert.display(), status_text(s)))?
+                    .into_inner();
+                println!(
+                    "added {}: the bundle holds {} roots",
+                    cert.display(),
+                    response.roots
+                );
+                return Ok(());
+            }
+            BundleCommand::Remove { target, cert } => {
+                let pem = files::read_public(&cert).map_err(|e| e.to_string())?;
+                let response = target
+                    .connect()
+                    .await?
+                    .remove_root(RemoveRootRequest {
+                        certificate_pem: pem,
+                    })
+                    .await
+                    .map_err(|s| format!("--cert {}: {}", cert.display(), status_text(s)))?
+                    .into_inner();
+                println!(
+                    "removed {}: the bundle holds {} roots",
+                    cert.display(),
+                    response.roots
+                );
+                for id in response.orphaned_authorities {
+                    println!("no longer trusted: certificates signed by authority {id}");
+                }
+                return Ok(());
+            }
+        };
         let bundle = target
             .connect()
             .await?

@@ -11,7 +11,7 @@ use crate::ceremony::{self, CeremonyError, DataDir, RootDir};
 
 /// Makes a development root and intermediate in `data` unless it already has an intermediate.
 pub(super) fn bootstrap(data: &DataDir, trust_domain: &TrustDomain) -> Result<(), CeremonyError> {
-    let root = RootDir::new(data.path().join("dev-root"));
+    let root = root_dir(data);
     warn!(
         root_key = %root.key().display(),
         "DEVELOPMENT MODE: the root key is kept in the data directory and signs intermediates \
@@ -39,6 +39,11 @@ pub(super) fn bootstrap(data: &DataDir, trust_domain: &TrustDomain) -> Result<()
     let _ = std::fs::remove_file(&csr);
     let _ = std::fs::remove_file(&crt);
     Ok(())
+}
+
+/// The development root's directory inside `data`.
+pub(super) fn root_dir(data: &DataDir) -> RootDir {
+    RootDir::new(data.path().join("dev-root"))
 }
 
 fn ttl(secs: u64) -> Ttl {

@@ -40,17 +40,15 @@ async fn metrics(State(ca): State<Arc<Ca>>) -> impl IntoResponse {
 
 /// `GET /crl/<authority>.crl`: the CRL of that intermediate, DER.
 async fn crl(State(ca): State<Arc<Ca>>, Path(name): Path<String>) -> axum::response::Response {
-    let authority = ca.authority();
     let state = ca.revocation_state();
-    match name.strip_suffix(".crl") {
-        Some(id) if id == authority.id() && !state.crl.is_empty() => (
-            [("content-type", "application/pkix-crl")],
-            state.crl.clone(),
-        )
-            .into_response(),
-        _ => (
+    match name.strip_suffix(".crl").and_then(|id| state.crl(id)) {
+        Some(crl) => ([("content-type", "application/pkix-crl")], crl.to_vec()).into_response(),
+        None => (
             StatusCode::NOT_FOUND,
-            format!("no CRL named {name}: try /crl/{}.crl\n", authority.id()),
+            format!(
+                "no CRL named {name}: try /crl/{}.crl\n",
+                ca.authority().id()
+            ),
         )
             .into_response(),
     }

@@ -180,8 +180,10 @@ fn spawn_housekeeping(ca: Arc<Ca>, shutdown: CancellationToken) {
         // Re-sign the CRL (and drop expired revocations) well before it lapses.
         let mut crl_tick = tokio::time::interval(super::CRL_VALIDITY / 2);
         crl_tick.tick().await;
-        // Revocations made through other replicas (PostgreSQL LISTEN/NOTIFY).
+        // Revocations and authority changes made through other replicas (PostgreSQL
+        // LISTEN/NOTIFY).
         let mut revocations = ca.store().subscribe_revocations();
+        let mut authorities = ca.store().subscribe_authorities();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -192,6 +194,14 @@ fn spawn_housekeeping(ca: Arc<Ca>, shutdown: CancellationToken) {
                     }
                     if let Err(e) = ca.refresh_revocations().await {
                         warn!(error = %e, "cannot reload revocations");
+                    }
+                }
+                changed = authorities.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if let Err(e) = ca.reload_authorities().await {
+                        warn!(error = %e, "cannot reload authorities");
                     }
                 }
                 _ = crl_tick.tick() => {

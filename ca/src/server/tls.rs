@@ -1,14 +1,19 @@
 //! The server's TLS: its own SVID (`spiffe://<td>/halyard/ca` plus the DNS and IP names clients
-//! dial), issued by itself and swapped in before it expires, and optional client certificates
-//! checked against the trust bundle (agents attest before they have one).
+//! dial), issued by itself and swapped in before it expires or when another authority becomes
+//! active, and optional client certificates checked against the trust bundle as it is at each
+//! handshake (agents attest before they have one).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -84,6 +89,8 @@ pub(super) async fn serving_cert(
         current: RwLock::new(first),
     });
     let rotating = serving.clone();
+    let mut active = ca.watch_active();
+    active.borrow_and_update();
     tokio::spawn(async move {
         loop {
             let wait = not_after
@@ -93,7 +100,10 @@ pub(super) async fn serving_cert(
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+                // A new active authority: clients may soon trust only its root.
+                changed = active.changed() => if changed.is_err() { return },
             }
+            active.borrow_and_update();
             match issue_serving_cert(&ca).await {
                 Ok((next, next_not_after)) => {
                     *rotating
@@ -112,24 +122,144 @@ pub(super) async fn serving_cert(
     Ok(serving)
 }
 
-/// The rustls configuration: our serving certificate, client certificates optional and, when
-/// given, verified against the trust bundle; HTTP/2 only.
-pub(super) fn server_config(
-    ca: &Ca,
-    serving: Arc<ServingCert>,
-) -> Result<Arc<ServerConfig>, ServerError> {
+/// Client certificates verified against the trust bundle as it is now: the verifier is rebuilt
+/// whenever the bundle changes (a root added or removed).
+/// A verifier and the bundle it was built from.
+type BuiltFor = (Arc<Vec<Vec<u8>>>, Arc<dyn ClientCertVerifier>);
+
+struct BundleVerifier {
+    ca: Arc<Ca>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<BuiltFor>,
+}
+
+impl std::fmt::Debug for BundleVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleVerifier").finish_non_exhaustive()
+    }
+}
+
+impl BundleVerifier {
+    fn new(
+        ca: Arc<Ca>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<BundleVerifier, ServerError> {
+        let bundle = ca.bundle();
+        let verifier = build_verifier(&bundle, &provider)?;
+        Ok(BundleVerifier {
+            ca,
+            provider,
+            current: RwLock::new((bundle, verifier)),
+        })
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        let bundle = self.ca.bundle();
+        {
+            let current = self
+                .current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if Arc::ptr_eq(&current.0, &bundle) {
+                return current.1.clone();
+            }
+        }
+        match build_verifier(&bundle, &self.provider) {
+            Ok(verifier) => {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = (bundle, verifier.clone());
+                verifier
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot use the new bundle for client certificates; keeping the previous one");
+                self.current
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .1
+                    .clone()
+            }
+        }
+    }
+}
+
+fn build_verifier(
+    bundle: &[Vec<u8>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, ServerError> {
     let fail = |e: String| ServerError::ServingCert(e);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for root in ca.bundle().iter() {
+    for root in bundle {
         roots
             .add(CertificateDer::from(root.clone()))
             .map_err(|e| fail(e.to_string()))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.to_string()))
+}
+
+impl ClientCertVerifier for BundleVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // Agents attest before they have a certificate.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional, and would go stale as the bundle changes.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The rustls configuration: our serving certificate, client certificates optional and, when
+/// given, verified against the trust bundle as it is at each handshake; HTTP/2 only.
+pub(super) fn server_config(
+    ca: &Arc<Ca>,
+    serving: Arc<ServingCert>,
+) -> Result<Arc<ServerConfig>, ServerError> {
+    let fail = |e: String| ServerError::ServingCert(e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(BundleVerifier::new(ca.clone(), provider.clone())?);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?

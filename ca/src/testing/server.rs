@@ -152,6 +152,23 @@ impl TestServer {
         }
     }
 
+    /// `GET path` on the server's HTTP port: (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head.lines().next().unwrap().to_owned();
+        (status, response[split + 4..].to_vec())
+    }
+
     /// The trust bundle, PEM.
     pub fn bundle_pem(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("bundle.pem")).unwrap()
@@ -255,4 +272,24 @@ pub fn key_and_csr(id: Option<&str>) -> (String, Vec<u8>) {
     }
     let csr = params.serialize_request(&key).unwrap().der().to_vec();
     (key.serialize_pem(), csr)
+}
+
+/// Lowercase hex of a certificate's subject key identifier (an authority's id), or of its
+/// authority key identifier (its issuer's id) when `of_issuer`.
+pub fn key_id(der: &[u8], of_issuer: bool) -> String {
+    use x509_parser::extensions::ParsedExtension;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) if !of_issuer => Some(id.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(id) if of_issuer => {
+                id.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

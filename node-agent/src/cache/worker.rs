@@ -86,7 +86,7 @@ impl Worker {
                 },
                 Some(outcomes) = self.outcomes.recv() => self.apply(outcomes),
                 changed = self.trust.changed(), if trust_open => match changed {
-                    Ok(()) => self.replace_revoked(Instant::now()),
+                    Ok(()) => self.replace_revoked_and_tainted(Instant::now()),
                     // Nobody publishes trust any more: keep serving what is cached.
                     Err(_) => trust_open = false,
                 },
@@ -110,22 +110,40 @@ impl Worker {
         identity.tx.subscribe()
     }
 
-    /// Makes every identity whose certificate the CA has revoked due at once.
-    fn replace_revoked(&mut self, now: Instant) {
+    /// Makes every identity whose certificate the CA has revoked due at once, and every one
+    /// whose certificate a tainted authority signed due at a random moment within the taint
+    /// spread (only ever sooner than it already was).
+    fn replace_revoked_and_tainted(&mut self, now: Instant) {
         let trust = self.trust.borrow_and_update().clone();
-        if trust.revoked.is_empty() {
+        if trust.revoked.is_empty() && trust.tainted.is_empty() {
             return;
         }
         for (id, identity) in &mut self.identities {
-            let serial = identity.tx.borrow().svid.as_ref().map(|s| s.serial.clone());
-            if let Some(serial) = serial
-                && trust.revoked.contains(&serial)
-                && !identity.in_flight
-                && identity.due > now
-            {
-                info!(%id, %serial, "certificate revoked; replacing it now");
-                identity.due = now;
-                identity.failures = 0;
+            if identity.in_flight {
+                continue;
+            }
+            let held = identity
+                .tx
+                .borrow()
+                .svid
+                .as_ref()
+                .map(|s| (s.serial.clone(), s.issuer.clone()));
+            let Some((serial, issuer)) = held else {
+                continue;
+            };
+            if trust.revoked.contains(&serial) {
+                if identity.due > now {
+                    info!(%id, %serial, "certificate revoked; replacing it now");
+                    identity.due = now;
+                    identity.failures = 0;
+                }
+            } else if trust.tainted.contains(&issuer) {
+                let at = now + self.options.taint_spread.mul_f64(draw());
+                if identity.due > at {
+                    info!(%id, %serial, authority = %issuer, delay = ?at.duration_since(now), "certificate signed by a tainted authority; replacing it");
+                    identity.due = at;
+                    identity.failures = 0;
+                }
             }
         }
     }
@@ -339,6 +357,7 @@ fn to_svid(id: &SpiffeId, signed: SignedChain, key: Zeroizing<Vec<u8>>) -> Resul
         ));
     }
     Ok(Svid {
+        issuer: super::authority_key_id(leaf),
         spiffe_id: id.clone(),
         serial: parsed.serial().iter().map(|b| format!("{b:02x}")).collect(),
         not_before: parsed.not_before(),

@@ -46,6 +46,10 @@ pub(super) struct RunArgs {
     /// Lifetime to ask for workload certificates (default: the entry's or the CA's).
     #[arg(long)]
     ttl: Option<String>,
+    /// Certificates signed by a tainted authority are replaced at random moments within this
+    /// window, e.g. 30s (the default).
+    #[arg(long)]
+    taint_spread: Option<String>,
 }
 
 impl RunArgs {
@@ -70,6 +74,7 @@ impl RunArgs {
             socket: self.socket.or(file.socket),
             data_dir: self.data_dir.or(file.data_dir),
             ttl: self.ttl.or(file.ttl),
+            taint_spread: self.taint_spread.or(file.taint_spread),
         })
     }
 
@@ -101,6 +106,13 @@ impl RunArgs {
             .map(str::parse::<Ttl>)
             .transpose()
             .map_err(|e| format!("--ttl: {e}"))?;
+        let taint_spread = args
+            .taint_spread
+            .as_deref()
+            .map(str::parse::<Ttl>)
+            .transpose()
+            .map_err(|e| format!("--taint-spread: {e}"))?
+            .map_or(CacheOptions::default().taint_spread, Ttl::as_duration);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -126,7 +138,19 @@ impl RunArgs {
                     term.cancel();
                 }
             });
-            run_agent(endpoint, args.join_token.as_deref(), &socket, ttl, shutdown).await
+            let options = CacheOptions {
+                ttl,
+                taint_spread,
+                ..CacheOptions::default()
+            };
+            run_agent(
+                endpoint,
+                args.join_token.as_deref(),
+                &socket,
+                options,
+                shutdown,
+            )
+            .await
         })
     }
 }
@@ -135,15 +159,19 @@ async fn run_agent(
     endpoint: CaEndpoint,
     join_token: Option<&str>,
     socket: &Path,
-    ttl: Option<Ttl>,
+    options: CacheOptions,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let client = NodeClient::join(endpoint, join_token)
         .await
         .map_err(|e| e.to_string())?;
     info!(node = %client.svid().spiffe_id, "joined the CA");
-    tokio::spawn(client.clone().keep_renewed(shutdown.clone()));
     let (trust_tx, mut trust_rx) = watch::channel(Arc::new(TrustState::default()));
+    tokio::spawn(client.clone().keep_renewed(
+        trust_rx.clone(),
+        options.taint_spread,
+        shutdown.clone(),
+    ));
     tokio::spawn(watch_trust(client.clone(), trust_tx, shutdown.clone()));
     // Judging callers needs this node's entries: serve only once the first snapshot is here.
     tokio::select! {
@@ -155,10 +183,7 @@ async fn run_agent(
     let cache = Cache::spawn(
         Arc::new(RemoteSigner::new(client)),
         trust_rx,
-        CacheOptions {
-            ttl,
-            ..CacheOptions::default()
-        },
+        options,
         shutdown.clone(),
     );
     let state = AgentState {

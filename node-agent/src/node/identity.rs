@@ -21,6 +21,8 @@ pub struct NodeSvid {
     pub not_before: SystemTime,
     /// End of validity.
     pub not_after: SystemTime,
+    /// The id of the authority that signed it.
+    pub issuer: String,
     key_pem: Zeroizing<String>,
 }
 
@@ -55,6 +57,7 @@ impl NodeSvid {
             serial: parsed.serial().iter().map(|b| format!("{b:02x}")).collect(),
             not_before: parsed.not_before(),
             not_after: parsed.not_after(),
+            issuer: crate::cache::authority_key_id(leaf),
             chain,
             key_pem,
         })

@@ -62,6 +62,9 @@ async fn follow(client: &NodeClient, tx: &watch::Sender<Arc<TrustState>>) -> Res
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
     {
         let state = to_state(snapshot);
+        if let Err(e) = client.update_bundle(&state.roots) {
+            warn!(error = %e, "cannot store the new trust bundle");
+        }
         info!(
             version = state.version,
             entries = state.entries.len(),
@@ -81,6 +84,7 @@ fn to_state(snapshot: TrustSnapshot) -> TrustState {
         roots: bundle.roots,
         crls: snapshot.crls,
         revoked: snapshot.revoked.into_iter().map(|r| r.serial).collect(),
+        tainted: snapshot.tainted_authorities,
         entries: snapshot.entries,
     }
 }

@@ -33,6 +33,8 @@ pub struct EnvoyConfig {
     pub log_level: String,
     /// How long to wait for the admin endpoint's `/ready` to say LIVE.
     pub ready_timeout: Duration,
+    /// A client opens a new upstream connection (a new TLS handshake) for every request.
+    pub handshake_per_request: bool,
 }
 
 /// What the Envoy does.
@@ -141,7 +143,15 @@ impl EnvoyConfig {
             run_as: None,
             log_level: "warn".to_owned(),
             ready_timeout: Duration::from_secs(30),
+            handshake_per_request: false,
         }
+    }
+
+    /// A client that opens a new upstream connection, so a new TLS handshake with the
+    /// certificates of the moment, for every request.
+    pub fn handshake_per_request(mut self) -> Self {
+        self.handshake_per_request = true;
+        self
     }
 
     /// Runs the Envoy as `uid`:`gid`.
@@ -266,7 +276,7 @@ fn client_listener(name: &str, port: u16) -> Value {
 }
 
 fn upstream_cluster(config: &EnvoyConfig, upstream: SocketAddr, server_id: &SpiffeId) -> Value {
-    json!({
+    let mut cluster = json!({
         "name": "upstream",
         "type": "STATIC",
         "connect_timeout": "5s",
@@ -283,7 +293,17 @@ fn upstream_cluster(config: &EnvoyConfig, upstream: SocketAddr, server_id: &Spif
                 "common_tls_context": common_tls_context(&config.credentials, std::slice::from_ref(server_id)),
             },
         },
-    })
+    });
+    if config.handshake_per_request {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_requests_per_connection": 1},
+                "explicit_http_config": {"http_protocol_options": {}},
+            },
+        });
+    }
+    cluster
 }
 
 fn http_connection_manager(name: &str, routes: Value) -> Value {
