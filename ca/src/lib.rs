@@ -6,6 +6,9 @@
 //!   when group or other can read them.
 //! - [`ceremony`] is the offline root ceremony and the one-shot signer over those two: the root
 //!   directory and the CA data directory, file by file.
+//! - [`upstream`] gets the intermediate signed by an upstream CA over the network (AWS Private
+//!   CA): key and CSR made here, the returned chain checked before use, calls rate-limited and
+//!   retried.
 //! - [`cli`] is the `halyard-ca` command line.
 
 pub mod api;
@@ -17,6 +20,7 @@ pub mod config;
 pub use halyard_proto::files;
 pub mod server;
 pub mod store;
+pub mod upstream;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
