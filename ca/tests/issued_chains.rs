@@ -110,3 +110,55 @@ fn openssl_strict_accepts_every_key_type_for_client_and_server() {
         }
     }
 }
+
+/// The URIs of a certificate's CRL distribution points.
+fn crl_distribution_points(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let mut uris = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for point in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    for name in names {
+                        if let GeneralName::URI(uri) = name {
+                            uris.push((*uri).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    uris
+}
+
+#[test]
+fn a_crl_distribution_point_is_added_only_when_configured() {
+    let plain = TestPki::new("example.org");
+    assert!(crl_distribution_points(&issue(&plain, TestKey::EcP256).leaf).is_empty());
+
+    let policy = halyard_ca::authority::Policy {
+        crl_base_url: Some("http://halyard-ca.halyard.svc:9090/crl/".into()),
+        ..halyard_ca::authority::Policy::default()
+    };
+    let pki = TestPki::with_policy("example.org", policy, SystemTime::now());
+    let svid = issue(&pki, TestKey::EcP256);
+    assert_eq!(
+        crl_distribution_points(&svid.leaf),
+        [format!(
+            "http://halyard-ca.halyard.svc:9090/crl/{}.crl",
+            pki.authority.id()
+        )]
+    );
+    // Still the whole profile, and still accepted by webpki.
+    check_leaf_profile(&svid.leaf, &pki.authority.chain()[0], ID, SystemTime::now());
+    validate_leaf(&svid.leaf).unwrap();
+    webpki_verify(
+        &svid.leaf,
+        &svid.intermediates,
+        pki.root_der(),
+        SystemTime::now(),
+        false,
+    )
+    .unwrap();
+}

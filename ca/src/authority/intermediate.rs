@@ -192,8 +192,13 @@ impl Authority {
         };
         let serial = Serial::random().map_err(|_| SignError::Sign("no randomness".into()))?;
         let rsa = matches!(csr.key(), PublicKeyKind::Rsa(_));
-        let params = profile::leaf(grant, rsa, &serial, validity)
+        let mut params = profile::leaf(grant, rsa, &serial, validity)
             .map_err(|e| SignError::Sign(e.to_string()))?;
+        if let Some(base) = &self.policy.crl_base_url {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![format!("{}/{}.crl", base.trim_end_matches('/'), self.id)],
+            }];
+        }
         let spki = rcgen::SubjectPublicKeyInfo::from_der(csr.spki())
             .map_err(|e| SignError::Sign(e.to_string()))?;
         let leaf = params

@@ -100,6 +100,10 @@ pub struct Policy {
     pub backdate: Duration,
     /// Most DNS names one certificate may carry.
     pub max_dns_names: usize,
+    /// When set, leaves carry a CRL distribution point `<this>/<authority id>.crl` (the CA's
+    /// HTTP `/crl/` path as clients reach it, e.g. `http://halyard-ca.halyard.svc:9090/crl`).
+    /// Unset by default: agents already push CRLs to Envoy.
+    pub crl_base_url: Option<String>,
 }
 
 impl Default for Policy {
@@ -111,6 +115,7 @@ impl Default for Policy {
             max_ttl: Ttl::from_secs(24 * 3600).unwrap_or(Ttl::ONE_HOUR),
             backdate: Duration::from_secs(60),
             max_dns_names: 32,
+            crl_base_url: None,
         }
     }
 }
