@@ -37,6 +37,9 @@ enum Command {
     /// Registration entries (admin socket).
     #[command(subcommand)]
     Entry(admin::EntryCommand),
+    /// Attested nodes: list them, ban one (admin socket).
+    #[command(subcommand)]
+    Node(admin::NodeCommand),
     /// Revoke one certificate, or every unexpired certificate of an identity (admin socket).
     Revoke(admin::RevokeArgs),
     /// Signing authorities (intermediates): list, prepare, activate, taint (admin socket).
@@ -75,6 +78,7 @@ impl Cli {
             Command::Entry(command) => runtime()?.block_on(command.run()),
             Command::Bundle(command) => runtime()?.block_on(command.run()),
             Command::Authority(command) => runtime()?.block_on(command.run()),
+            Command::Node(command) => runtime()?.block_on(command.run()),
             Command::Revoke(args) => runtime()?.block_on(args.run()),
             Command::Audit(command) => runtime()?.block_on(command.run()),
             Command::Healthcheck(target) => runtime()?.block_on(admin::healthcheck(target)),

@@ -299,3 +299,93 @@ async fn a_connection_that_outlives_its_node_svid_is_refused() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn a_banned_node_can_neither_renew_nor_sign_nor_watch_nor_attest_again() {
+    use halyard_proto::api::ca::WatchTrustRequest;
+    use halyard_proto::api::ca::trust_service_client::TrustServiceClient;
+
+    let server = server(&[]);
+    server.entry("worker-1", WEB);
+    let node = server.attest_node("worker-1").await;
+    let identity = Some((node.0.as_str(), node.1.as_str()));
+    let mut watch = TrustServiceClient::new(server.channel(identity).await)
+        .watch_trust(WatchTrustRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let listed = server.cli(&["node", "list"]).unwrap();
+    assert!(listed.starts_with("worker-1\tok\tserial="), "{listed}");
+
+    let unknown = server.cli(&["node", "ban", "nobody"]).unwrap_err();
+    assert!(
+        unknown.contains("NotFound") && unknown.contains("node list"),
+        "{unknown}"
+    );
+    assert_eq!(
+        server.cli(&["node", "ban", "worker-1"]).unwrap().trim(),
+        "banned node worker-1"
+    );
+    assert!(
+        server
+            .cli(&["node", "list"])
+            .unwrap()
+            .starts_with("worker-1\tbanned\t")
+    );
+
+    // The open stream ends at once.
+    let ended = loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = ended.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("banned"), "{status:?}");
+
+    // Its node SVID, replayed, opens nothing.
+    let channel = server.channel(identity).await;
+    let (_, csr) = key_and_csr(Some(WEB));
+    let signed = SvidServiceClient::new(channel.clone())
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: vec![SvidRequest {
+                spiffe_id: WEB.into(),
+                csr,
+                ttl_seconds: 0,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(signed.code(), Code::PermissionDenied, "{signed:?}");
+    let (_, csr) = key_and_csr(None);
+    let renewed = NodeServiceClient::new(channel.clone())
+        .attest(AttestRequest {
+            credential: None,
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(renewed.code(), Code::PermissionDenied, "{renewed:?}");
+    let watched = TrustServiceClient::new(channel)
+        .watch_trust(WatchTrustRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(watched.code(), Code::PermissionDenied, "{watched:?}");
+
+    // Nor does a new join token.
+    let token = server
+        .cli(&["token", "create", "--node", "worker-1"])
+        .unwrap();
+    let (_, csr) = key_and_csr(None);
+    let again = NodeServiceClient::new(server.channel(None).await)
+        .attest(AttestRequest {
+            credential: Some(Credential::JoinToken(token.trim().to_owned())),
+            csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::PermissionDenied, "{again:?}");
+    assert!(again.message().contains("banned"), "{again:?}");
+}

@@ -13,6 +13,9 @@ use halyard_proto::api::ca::{
     TaintAuthorityResponse, prepare_authority_response,
 };
 use halyard_proto::api::ca::{
+    BanNodeRequest, BanNodeResponse, ListNodesRequest, ListNodesResponse, NodeInfo,
+};
+use halyard_proto::api::ca::{
     CreateEntryRequest, CreateEntryResponse, CreateJoinTokenRequest, CreateJoinTokenResponse,
     DeleteEntryRequest, DeleteEntryResponse, GetBundleRequest, GetBundleResponse, HealthRequest,
     HealthResponse, ListEntriesRequest, ListEntriesResponse, RevokeRequest, RevokeResponse,
@@ -21,7 +24,7 @@ use halyard_proto::api::ca::{
 use halyard_proto::{SpiffeId, Ttl};
 use ring::rand::{SecureRandom, SystemRandom};
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::node::{bundle_message, token_hash};
 use super::status::store_status;
@@ -402,9 +405,59 @@ impl AdminService for AdminApi {
             orphaned_authorities: removed.orphaned,
         }))
     }
+    async fn list_nodes(
+        &self,
+        _request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse {
+            nodes: self.nodes().await?,
+        }))
+    }
+
+    async fn ban_node(
+        &self,
+        request: Request<BanNodeRequest>,
+    ) -> Result<Response<BanNodeResponse>, Status> {
+        let name = request.into_inner().name;
+        if self
+            .ca
+            .store()
+            .ban_node(&name)
+            .await
+            .map_err(|e| store_status(&e))?
+        {
+            warn!(node = %name, "node banned: it can no longer renew, sign, watch or attest");
+            Ok(Response::new(BanNodeResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "no node named {name:?} has attested: see `halyard-ca node list`"
+            )))
+        }
+    }
 }
 
 impl AdminApi {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, Status> {
+        let nodes = self
+            .ca
+            .store()
+            .list_nodes()
+            .await
+            .map_err(|e| store_status(&e))?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| NodeInfo {
+                name: n.name,
+                spiffe_id: n.spiffe_id,
+                serial: n.serial,
+                not_after: unix_secs(n.not_after),
+                attested_at: unix_secs(n.attested_at),
+                method: n.method,
+                banned: n.banned,
+            })
+            .collect())
+    }
+
     /// `record` as the operator sees it, with what this CA knows of it now.
     fn info(&self, record: &AuthorityRecord) -> AuthorityInfo {
         let set = self.ca.authority_set();

@@ -69,6 +69,18 @@ async fn push_snapshots(
         trust.borrow_and_update();
         entries.borrow_and_update();
         version += 1;
+        // A ban ends the stream (bans are announced on the entries feed).
+        match ca.store().node(&node).await {
+            Ok(Some(record)) if record.banned => {
+                let _ = tx
+                    .send(Err(Status::permission_denied(format!(
+                        "node {node} is banned"
+                    ))))
+                    .await;
+                return;
+            }
+            _ => {}
+        }
         let snapshot = match ca.store().entries(EntryScope::ForNode(node.clone())).await {
             Ok(list) => Ok(snapshot(&ca, version, &list)),
             Err(e) => Err(store_status(&e)),

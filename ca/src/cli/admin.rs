@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use halyard_proto::api::ca::admin_service_client::AdminServiceClient;
-use halyard_proto::api::ca::{AddRootRequest, RemoveRootRequest};
+use halyard_proto::api::ca::{AddRootRequest, BanNodeRequest, ListNodesRequest, RemoveRootRequest};
 use halyard_proto::api::ca::{
     CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest, Entry, GetBundleRequest,
     HealthRequest, ListEntriesRequest, RevokeRequest, Selector, revoke_request,
@@ -381,6 +381,64 @@ impl BundleCommand {
                     .to_spiffe_json()
                     .map_err(|e| e.to_string())?;
                 println!("{json}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NodeCommand {
+    /// List attested nodes: name, state, current node SVID serial and expiry, how it attested.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Ban a node: it can no longer renew its SVID, sign, watch trust or attest again (even with
+    /// a new join token), and its open streams end. Revoke its workloads' certificates with
+    /// `halyard-ca revoke` if they must stop working before they expire.
+    Ban {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The node's name.
+        name: String,
+    },
+}
+
+impl NodeCommand {
+    pub(super) async fn run(self) -> Result<(), String> {
+        match self {
+            NodeCommand::List { target } => {
+                let list = target
+                    .connect()
+                    .await?
+                    .list_nodes(ListNodesRequest {})
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                for node in list.nodes {
+                    let expires = crate::authority::rfc3339(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(node.not_after.max(0).unsigned_abs()),
+                    );
+                    println!(
+                        "{}\t{}\tserial={}\texpires={}\tmethod={}",
+                        node.name,
+                        if node.banned { "banned" } else { "ok" },
+                        node.serial,
+                        expires,
+                        node.method
+                    );
+                }
+            }
+            NodeCommand::Ban { target, name } => {
+                target
+                    .connect()
+                    .await?
+                    .ban_node(BanNodeRequest { name: name.clone() })
+                    .await
+                    .map_err(status_text)?;
+                println!("banned node {name}");
             }
         }
         Ok(())

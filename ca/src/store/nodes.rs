@@ -92,13 +92,18 @@ impl Store {
             .collect()
     }
 
-    /// Bans the node; `false` if no node has that name.
+    /// Bans the node; `false` if no node has that name. Announced on the entries feed (here
+    /// and to other replicas), so that streams the node holds open end at once.
     pub async fn ban_node(&self, name: &str) -> Result<bool, StoreError> {
         let result = sqlx::query("UPDATE nodes SET banned = 1 WHERE name = $1")
             .bind(name.to_owned())
             .execute(self.pool())
             .await?;
-        Ok(result.rows_affected() > 0)
+        let banned = result.rows_affected() > 0;
+        if banned {
+            self.entries_changed();
+        }
+        Ok(banned)
     }
 }
 
