@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Halyard's server benchmarks, in one run on this machine (not part of CI; the test command runs
+# a short smoke run of the load generator instead). Release build; the CA pinned to one core and
+# the load generator to the other, so the server's figure is a one-core figure.
+#
+#   ./tests/bench.sh                 # every configuration, 10 s each
+#   BENCH_SECONDS=30 ./tests/bench.sh
+#
+# Prints one JSON line per configuration (halyard-loadgen's report) and, first, the in-process
+# limits of the same build on the same core (criterion: the signing core, and raw ring P-256).
+# Record figures in BENCHMARKS.md with the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${BENCH_SECONDS:-10}"
+server_core="${BENCH_SERVER_CORE:-0}"
+client_core="${BENCH_CLIENT_CORE:-1}"
+
+cargo build --release --locked -p halyard-ca -p halyard-tests --bin halyard-ca --bin halyard-loadgen
+
+echo "== in-process limits (core $server_core)"
+taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot 2>&1 |
+  grep -E '^(svid|ring)/|time:' || true
+
+dir="$(mktemp -d)"
+ca_pid=""
+cleanup() {
+  if [[ -n "$ca_pid" ]]; then kill "$ca_pid" 2>/dev/null || true; wait "$ca_pid" 2>/dev/null || true; fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts the CA on a fresh data directory with extra flags; waits until it is ready.
+start_ca() {
+  if [[ -n "$ca_pid" ]]; then kill "$ca_pid"; wait "$ca_pid" 2>/dev/null || true; fi
+  rm -rf "$dir/data"
+  grpc="127.0.0.1:$(port)"
+  taskset -c "$server_core" target/release/halyard-ca serve --dev --data-dir "$dir/data" \
+    --grpc-listen "$grpc" --http-listen "127.0.0.1:$(port)" "$@" >/dev/null 2>"$dir/ca.log" &
+  ca_pid=$!
+  for _ in $(seq 100); do
+    target/release/halyard-ca healthcheck --data-dir "$dir/data" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$dir/ca.log" >&2
+  return 1
+}
+
+loadgen() {
+  taskset -c "$client_core" target/release/halyard-loadgen --ca-address "https://$grpc" \
+    --data-dir "$dir/data" --duration "${seconds}s" "$@"
+}
+
+for store in sqlite postgres; do
+  if [[ "$store" == postgres ]]; then
+    [[ -n "${HALYARD_TEST_POSTGRES_URL:-}" ]] || { echo "== skipping PostgreSQL: source tests/postgres.sh first"; continue; }
+    db="bench_$$"
+    psql "$HALYARD_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db" >/dev/null
+    start_ca --store-url "${HALYARD_TEST_POSTGRES_URL%/*}/$db"
+  else
+    start_ca
+  fi
+  echo "== store: $store"
+  for concurrency in 1 8 32; do
+    loadgen --api svids --batch 1 --concurrency "$concurrency"
+  done
+  loadgen --api svids --batch 16 --concurrency 8
+  loadgen --api istio --concurrency 8
+done
