@@ -20,6 +20,7 @@ pub struct TestAgent {
     bundle: PathBuf,
     token: Option<String>,
     extra: Vec<String>,
+    log_filter: String,
     child: Option<Child>,
 }
 
@@ -33,6 +34,25 @@ impl TestAgent {
         token: &str,
         extra: &[&str],
     ) -> TestAgent {
+        TestAgent::start_logging(
+            binary,
+            ca_address,
+            bundle,
+            token,
+            extra,
+            "info,halyard_agent=debug",
+        )
+    }
+
+    /// Same, logging with `RUST_LOG=log_filter` (e.g. `trace`).
+    pub fn start_logging(
+        binary: &Path,
+        ca_address: &str,
+        bundle: &Path,
+        token: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut agent = TestAgent {
@@ -42,6 +62,7 @@ impl TestAgent {
             bundle: bundle.to_owned(),
             token: Some(token.to_owned()),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log_filter: log_filter.to_owned(),
             child: None,
         };
         agent.spawn();
@@ -73,7 +94,7 @@ impl TestAgent {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.extra)
-            .env("RUST_LOG", "info,halyard_agent=debug")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(token) = &self.token {

@@ -16,6 +16,7 @@ pub struct TestServer {
     binary: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    log_filter: Option<String>,
 }
 
 /// The `halyard-ca` binary of this build, for tests in other packages (Cargo hands
@@ -45,6 +46,12 @@ impl TestServer {
     /// Starts `binary serve --dev` in a fresh data directory, with `extra` flags, and waits
     /// until its admin socket answers.
     pub fn start(binary: &Path, extra: &[&str]) -> TestServer {
+        TestServer::start_logging(binary, extra, None)
+    }
+
+    /// Same, logging with `RUST_LOG=log_filter` (e.g. `trace`) instead of what the test
+    /// process has.
+    pub fn start_logging(binary: &Path, extra: &[&str], log_filter: Option<&str>) -> TestServer {
         let mut server = TestServer {
             dir: tempfile::tempdir().unwrap(),
             grpc: ([127, 0, 0, 1], free_port()).into(),
@@ -52,6 +59,7 @@ impl TestServer {
             binary: binary.to_owned(),
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log_filter: log_filter.map(str::to_owned),
         };
         server.spawn();
         server
@@ -68,6 +76,7 @@ impl TestServer {
             binary: first.binary.clone(),
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log_filter: first.log_filter.clone(),
         };
         let data = server.data_dir();
         std::fs::create_dir_all(&data).unwrap();
@@ -85,7 +94,11 @@ impl TestServer {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("serve.log")).unwrap();
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(filter) = &self.log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let child = command
             .args(["serve", "--dev", "--data-dir"])
             .arg(self.data_dir())
             .args(["--grpc-listen", &self.grpc.to_string()])
