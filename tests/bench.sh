@@ -6,7 +6,9 @@
 #   ./tests/bench.sh                 # every configuration, 10 s each
 #   BENCH_SECONDS=30 ./tests/bench.sh
 #
-# The per-node rate limit is lifted: the generator is one node.
+# The per-node rate limit is lifted: the generator is one node. Last, the peer: cfssl (Debian's
+# golang-cfssl, installed if missing) serving its sign endpoint on the same core, with an ECDSA
+# P-256 CA and a 1 h client+server profile, driven by the same generator with the same CSRs.
 # Prints one JSON line per configuration (halyard-loadgen's report) and, first, the in-process
 # limits of the same build on the same core (criterion: the signing core, and raw ring P-256).
 # Record figures in BENCHMARKS.md with the machine.
@@ -18,6 +20,9 @@ server_core="${BENCH_SERVER_CORE:-0}"
 client_core="${BENCH_CLIENT_CORE:-1}"
 
 cargo build --release --locked -p halyard-ca -p halyard-tests --bin halyard-ca --bin halyard-loadgen
+if ! command -v cfssl >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl >/dev/null
+fi
 
 echo "== in-process limits (core $server_core)"
 taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot 2>&1 |
@@ -70,4 +75,29 @@ for store in sqlite postgres; do
   done
   loadgen --api svids --batch 16 --concurrency 8
   loadgen --api istio --concurrency 8
+done
+
+echo "== peer: cfssl $(cfssl version | head -1)"
+kill "$ca_pid" 2>/dev/null || true
+wait "$ca_pid" 2>/dev/null || true
+ca_pid=""
+mkdir -p "$dir/cfssl"
+(
+  cd "$dir/cfssl"
+  echo '{"CN": "cfssl bench CA", "key": {"algo": "ecdsa", "size": 256}}' >ca-csr.json
+  echo '{"signing": {"default": {"expiry": "1h", "usages": ["digital signature", "server auth", "client auth"]}}}' >config.json
+  cfssl gencert -initca ca-csr.json 2>/dev/null | cfssljson -bare ca
+)
+cfssl_port="$(port)"
+taskset -c "$server_core" cfssl serve -address 127.0.0.1 -port "$cfssl_port" \
+  -ca "$dir/cfssl/ca.pem" -ca-key "$dir/cfssl/ca-key.pem" -config "$dir/cfssl/config.json" \
+  >"$dir/cfssl.log" 2>&1 &
+ca_pid=$!
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$cfssl_port") 2>/dev/null && break
+  sleep 0.1
+done
+for concurrency in 1 8 32; do
+  taskset -c "$client_core" target/release/halyard-loadgen --api cfssl \
+    --cfssl-address "127.0.0.1:$cfssl_port" --duration "${seconds}s" --concurrency "$concurrency"
 done

@@ -71,4 +71,13 @@ fn bad_flags_are_refused_by_name() {
         !out.status.success() && stderr.contains("/nonexistent/admin.sock"),
         "{stderr}"
     );
+    let out = Command::new(env!("CARGO_BIN_EXE_halyard-loadgen"))
+        .args(["--api", "cfssl", "--data-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--cfssl-address"),
+        "{stderr}"
+    );
 }

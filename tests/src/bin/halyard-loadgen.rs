@@ -10,9 +10,12 @@
 //! - `--api istio`: `IstioCertificateService/CreateCertificate`, one CSR per request, over mTLS
 //!   with a workload SVID (what istio-agent does).
 //!
+//! - `--api cfssl`: a peer for comparison, cfssl's `POST /api/v1/cfssl/sign` at
+//!   `--cfssl-address` (HTTP/1.1 keep-alive), the same CSRs; no Halyard CA involved.
+//!
 //! It prints one JSON object: certificates issued and per second, request latency percentiles,
-//! and errors by gRPC code. Meant to run pinned to one core with the CA on the other
-//! (`taskset`); see BENCHMARKS.md.
+//! and errors by gRPC code (HTTP status for cfssl). Meant to run pinned to one core with the CA
+//! on the other (`taskset`); see BENCHMARKS.md and `tests/bench.sh`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +45,8 @@ enum Api {
     Svids,
     /// Istio's `CreateCertificate`, one CSR per request.
     Istio,
+    /// cfssl's HTTP sign endpoint, one CSR per request (a peer, for comparison).
+    Cfssl,
 }
 
 /// Drive a running halyard-ca with certificate requests.
@@ -54,9 +59,12 @@ struct Args {
     /// The name the CA's certificate is checked against.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// The CA's data directory: its admin socket sets the generator up.
+    /// The CA's data directory: its admin socket sets the generator up (not for cfssl).
+    #[arg(long, required_unless_present = "cfssl_address")]
+    data_dir: Option<PathBuf>,
+    /// cfssl's `serve` address, host:port (with `--api cfssl`).
     #[arg(long)]
-    data_dir: PathBuf,
+    cfssl_address: Option<String>,
     /// Which API.
     #[arg(long, value_enum, default_value = "svids")]
     api: Api,
@@ -116,6 +124,9 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     if args.batch == 0 || args.concurrency == 0 || args.pool == 0 {
         return Err("--batch, --concurrency and --pool must be at least 1".to_owned());
     }
+    if args.api == Api::Cfssl {
+        return run_cfssl(args).await;
+    }
     let setup = Setup::new(&args).await?;
     let pool: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
         (0..args.pool)
@@ -124,7 +135,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     );
     let identity = match args.api {
         Api::Svids => setup.node.clone(),
-        Api::Istio => setup.workload_svid(&args).await?,
+        Api::Istio | Api::Cfssl => setup.workload_svid(&args).await?,
     };
     let mut channels = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
@@ -145,7 +156,7 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
                 let sent = Instant::now();
                 let (issued, errors) = match api {
                     Api::Svids => sign(&channel, &id, &pool, &mut next, batch).await,
-                    Api::Istio => istio(&channel, &pool, &mut next).await,
+                    Api::Istio | Api::Cfssl => istio(&channel, &pool, &mut next).await,
                 };
                 outcomes.push(Outcome {
                     latency: sent.elapsed(),
@@ -174,7 +185,11 @@ struct Setup {
 
 impl Setup {
     async fn new(args: &Args) -> Result<Setup, String> {
-        let socket = args.data_dir.join("admin.sock");
+        let socket = args
+            .data_dir
+            .as_ref()
+            .ok_or("--data-dir is required")?
+            .join("admin.sock");
         let admin = unix_channel(socket.clone())
             .await
             .map_err(|e| format!("admin socket {}: {}", socket.display(), error_chain(&e)))?;
@@ -379,6 +394,124 @@ fn report(args: &Args, outcomes: &[Outcome], elapsed: Duration) -> serde_json::V
         },
         "errors": errors,
     })
+}
+
+/// The cfssl run: `--concurrency` keep-alive connections posting CSRs to its sign endpoint.
+async fn run_cfssl(args: Args) -> Result<serde_json::Value, String> {
+    let address = args
+        .cfssl_address
+        .clone()
+        .ok_or("--api cfssl needs --cfssl-address HOST:PORT")?;
+    let id = "spiffe://cluster.local/ns/bench/sa/cfssl";
+    let pool: Arc<Vec<String>> = Arc::new(
+        (0..args.pool)
+            .map(|_| {
+                csr(id)
+                    .map(|(_, pem)| serde_json::json!({ "certificate_request": pem }).to_string())
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for worker in 0..args.concurrency {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("--cfssl-address {address}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let pool = pool.clone();
+        let host = address.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::io::BufStream::new(stream);
+            let mut outcomes = Vec::new();
+            let mut next = worker;
+            while Instant::now() < deadline {
+                next = (next + 1) % pool.len();
+                let sent = Instant::now();
+                let result = cfssl_sign(&mut stream, &host, &pool[next]).await;
+                let failed = result.is_err();
+                outcomes.push(Outcome {
+                    latency: sent.elapsed(),
+                    issued: usize::from(result.is_ok()),
+                    errors: result.err().into_iter().collect(),
+                });
+                if failed {
+                    break;
+                }
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.map_err(|e| format!("a worker failed: {e}"))?);
+    }
+    Ok(report(&args, &outcomes, started.elapsed()))
+}
+
+/// One `POST /api/v1/cfssl/sign` on a keep-alive connection; Ok when cfssl says success.
+async fn cfssl_sign(
+    stream: &mut tokio::io::BufStream<tokio::net::TcpStream>,
+    host: &str,
+    body: &str,
+) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /api/v1/cfssl/sign HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let io = |e: std::io::Error| e.to_string();
+    stream.write_all(request.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut status = String::new();
+    stream.read_line(&mut status).await.map_err(io)?;
+    let code = status.split(' ').nth(1).unwrap_or("").to_owned();
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await.map_err(io)? == 0 {
+            return Err("connection closed".to_owned());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim().to_ascii_lowercase();
+            if name == "content-length" {
+                length = value.trim().parse::<usize>().ok();
+            } else if name == "transfer-encoding" && value.trim().eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            stream.read_line(&mut size).await.map_err(io)?;
+            let size = usize::from_str_radix(size.trim(), 16).map_err(|e| e.to_string())?;
+            let mut chunk = vec![0; size + 2];
+            stream.read_exact(&mut chunk).await.map_err(io)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body.resize(length.ok_or("no content-length")?, 0);
+        stream.read_exact(&mut body).await.map_err(io)?;
+    }
+    if code != "200" {
+        return Err(format!("HTTP {code}"));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    if answer["success"] == true {
+        Ok(())
+    } else {
+        Err("cfssl refused".to_owned())
+    }
 }
 
 /// A fresh P-256 key (PEM) and a DER CSR over it, with `id` as its URI SAN if given.
