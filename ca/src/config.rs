@@ -1,10 +1,14 @@
 //! `halyard-ca serve` configuration: a TOML file, every key also a flag, and `--dev` defaults.
 
+mod upstream;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use halyard_proto::{TrustDomain, Ttl};
 use serde::Deserialize;
+
+pub use upstream::{AwsPcaFile, Upstream};
 
 /// Why a configuration was refused: names the file (or flag), the key and why.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,10 @@ pub struct ConfigFile {
     pub node_rate_limit: Option<u32>,
     /// How long journal rows of expired certificates are kept.
     pub journal_retention: Option<String>,
+    /// Where the intermediate comes from: `offline` (the default) or `aws-pca`.
+    pub upstream: Option<String>,
+    /// AWS Private CA, for `upstream = "aws-pca"`.
+    pub aws_pca: Option<AwsPcaFile>,
 }
 
 /// A complete, checked configuration.
@@ -109,6 +117,8 @@ pub struct Config {
     pub journal_retention: Ttl,
     /// Development mode: a root is made in the data directory and signs the intermediate.
     pub dev: bool,
+    /// Where the intermediate comes from.
+    pub upstream: Upstream,
 }
 
 impl ConfigFile {
@@ -126,8 +136,14 @@ impl ConfigFile {
 
     /// `self` with every key that `over` sets replaced by `over`'s value.
     pub fn overlay(self, over: ConfigFile) -> ConfigFile {
+        let aws_pca = match (self.aws_pca, over.aws_pca) {
+            (Some(file), Some(flags)) => Some(file.overlay(flags)),
+            (file, flags) => flags.or(file),
+        };
         macro_rules! pick {
-            ($($field:ident),*) => { ConfigFile { $($field: over.$field.or(self.$field)),* } };
+            ($($field:ident),*) => {
+                ConfigFile { $($field: over.$field.or(self.$field),)* aws_pca }
+            };
         }
         pick!(
             trust_domain,
@@ -144,7 +160,8 @@ impl ConfigFile {
             max_batch,
             max_in_flight,
             node_rate_limit,
-            journal_retention
+            journal_retention,
+            upstream
         )
     }
 
@@ -209,7 +226,9 @@ impl ConfigFile {
             0 => Err(invalid(key, "must be at least 1".into())),
             n => Ok(n),
         };
+        let upstream = upstream::resolve(self.upstream.as_deref(), self.aws_pca, dev, &invalid)?;
         Ok(Config {
+            upstream,
             admin_socket: self
                 .admin_socket
                 .unwrap_or_else(|| data_dir.join("admin.sock")),

@@ -14,6 +14,7 @@ mod listen;
 mod metrics;
 mod revocation;
 mod tls;
+mod upstream;
 
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, Policy, certs_from_pem, verify_chain};
 use crate::ceremony::{self, CeremonyError, DataDir};
-use crate::config::Config;
+use crate::config::{Config, Upstream};
 use crate::files;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -64,6 +65,9 @@ pub enum ServerError {
     /// The server's own certificate could not be issued.
     #[error("cannot issue the server's own certificate: {0}")]
     ServingCert(String),
+    /// The upstream CA could not be reached or did not deliver a usable intermediate.
+    #[error("upstream = \"aws-pca\": {0}")]
+    Upstream(String),
 }
 
 /// The CA's shared state.
@@ -78,17 +82,41 @@ pub struct Ca {
     trust_version: watch::Sender<u64>,
     metrics: Metrics,
     limits: limits::Limits,
+    /// AWS Private CA, when it signs the intermediates.
+    upstream: Option<Arc<upstream::PcaUpstream>>,
 }
 
 impl Ca {
     /// Opens the store and loads the data directory's intermediate (creating a development root
-    /// and intermediate first in `--dev` mode).
+    /// and intermediate first in `--dev` mode; with `upstream = "aws-pca"`, having AWS Private
+    /// CA issue one when there is no valid intermediate).
     pub async fn open(config: Config) -> Result<Arc<Ca>, ServerError> {
         let data = DataDir::new(&config.data_dir);
         if config.dev {
             dev::bootstrap(&data, &config.trust_domain)?;
         }
-        let authority = ceremony::load_authority(&data, policy(&config), SystemTime::now())?;
+        // Offline, the store opens once the data directory's material has been checked.
+        let (authority, store, upstream) = match &config.upstream {
+            Upstream::Offline => {
+                let authority =
+                    ceremony::load_authority(&data, policy(&config), SystemTime::now())?;
+                (authority, None, None)
+            }
+            Upstream::AwsPca(pca) => {
+                let upstream_error = |e: upstream::PcaError| ServerError::Upstream(e.to_string());
+                data.create().map_err(CeremonyError::from)?;
+                let store = open_store(&config).await?;
+                let upstream =
+                    upstream::PcaUpstream::connect(pca.clone(), &data, &config.trust_domain)
+                        .await
+                        .map_err(upstream_error)?;
+                let authority = upstream
+                    .starting_authority(&store, &policy(&config))
+                    .await
+                    .map_err(upstream_error)?;
+                (authority, Some(store), Some(Arc::new(upstream)))
+            }
+        };
         let bundle =
             certs_from_pem(&files::read_public(&data.bundle()).map_err(CeremonyError::from)?)
                 .map_err(|reason| CeremonyError::Pem {
@@ -104,12 +132,10 @@ impl Ca {
                 }
             })?;
         let active_root = bundle[root_index].clone();
-        let store = Store::open(&config.store_url, StoreOptions::default())
-            .await
-            .map_err(|source| ServerError::Store {
-                url: redact_url(&config.store_url),
-                source,
-            })?;
+        let store = match store {
+            Some(store) => store,
+            None => open_store(&config).await?,
+        };
         let metrics = Metrics::new();
         metrics.set_intermediate_expiry(authority.not_after());
         Ok(Arc::new(Ca {
@@ -126,6 +152,7 @@ impl Ca {
             revocations: RwLock::new(Arc::new(RevocationState::default())),
             trust_version: watch::Sender::new(1),
             metrics,
+            upstream,
         }))
     }
 
@@ -222,7 +249,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     ca.reload_authorities()
         .await
         .map_err(|e| ServerError::Authorities(e.to_string()))?;
+    if let Some(pca) = &ca.upstream {
+        upstream::spawn_rotation(ca.clone(), pca.clone(), shutdown.clone());
+    }
     listen::serve(ca, shutdown).await
+}
+
+async fn open_store(config: &Config) -> Result<Store, ServerError> {
+    Store::open(&config.store_url, StoreOptions::default())
+        .await
+        .map_err(|source| ServerError::Store {
+            url: redact_url(&config.store_url),
+            source,
+        })
 }
 
 /// The issuance policy the configuration sets.

@@ -8,6 +8,8 @@
 //! - [nodes](Store::record_node): attested node agents, and bans.
 //! - [registration entries](Store::create_entry), with a [change feed](Store::subscribe_entries).
 //! - [authorities](Store::authorities): intermediates, prepared → active → old or tainted.
+//! - [the rotation lock](Store::try_rotation_lock): one replica at a time prepares the next
+//!   intermediate.
 //!
 //! The store knows SQL and nothing of SPIFFE or gRPC: identities arrive as plain strings that the
 //! caller has already parsed. Every time is stored as whole unix seconds (BIGINT); every hash and
@@ -22,6 +24,7 @@ mod journal;
 mod migrate;
 mod nodes;
 mod revocations;
+mod rotation_lock;
 mod tokens;
 
 #[cfg(test)]
@@ -44,6 +47,7 @@ pub use journal::{
 };
 pub use nodes::NodeRecord;
 pub use revocations::Revocation;
+pub use rotation_lock::RotationLock;
 
 /// A handle on the CA's durable state. Cheap to clone (an `Arc` inside); the background journal
 /// writer stops, and the connection pool closes, once the last clone is dropped.

@@ -15,12 +15,17 @@ use rcgen::{
 
 use crate::authority::{Authority, KeyType, Policy, PrivateKey, RootCa};
 
+mod moto;
 mod openssl;
 mod postgres;
 mod profile_check;
 mod server;
 mod webpki;
 
+pub use moto::{
+    EmulatedCa, MOTO_REGION, MOTO_VAR, Moto, MotoCounts, create_ca, moto_credentials,
+    moto_with_root_ca, root_ca, sign_ca, subordinate_ca,
+};
 pub use openssl::{openssl_available, openssl_verify};
 pub use postgres::{POSTGRES_URL_VAR, fresh_postgres_database, with_database};
 pub use profile_check::{check_intermediate_profile, check_leaf_profile};

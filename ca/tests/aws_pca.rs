@@ -9,284 +9,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_sdk_acmpca::Client;
-use aws_sdk_acmpca::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_acmpca::primitives::Blob;
-use aws_sdk_acmpca::types::{
-    Asn1Subject, CertificateAuthorityConfiguration, CertificateAuthorityType, KeyAlgorithm,
-    SigningAlgorithm as SdkSigningAlgorithm, Validity, ValidityPeriodType,
-};
+use aws_sdk_acmpca::types::CertificateAuthorityType;
 use halyard_ca::authority::{
     Authority, Csr, Grant, KeyType, Policy, PrivateKey, certs_from_pem, certs_to_pem,
     intermediate_csr, verify_chain,
 };
 use halyard_ca::testing::{
-    CsrSpec, check_intermediate_profile, free_port, openssl_available, openssl_verify,
+    CsrSpec, MOTO_VAR, Moto, check_intermediate_profile, create_ca, openssl_available,
+    openssl_verify, root_ca, subordinate_ca,
 };
 use halyard_ca::upstream::{
-    AwsPca, AwsPcaConfig, CaArn, CaKeyAlgorithm, DirLedger, IssuedIntermediate, PcaChainError,
-    SigningAlgorithm, UpstreamError, UsageMode,
+    CaKeyAlgorithm, DirLedger, IssuedIntermediate, PcaChainError, SigningAlgorithm, UpstreamError,
+    UsageMode,
 };
 use halyard_proto::{SpiffeId, TrustDomain};
 
-const MOTO_VAR: &str = "HALYARD_MOTO_SERVER";
 const TD: &str = "example.org";
 const ID: &str = "spiffe://example.org/ns/default/sa/web";
-const REGION: &str = "us-east-1";
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-/// The moto emulator with the test shim, on a free port; killed when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-/// The shim's counters (see `tests/moto_shim.py`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counts {
-    /// IssueCertificate requests that reached the emulator, throttled ones included.
-    calls: u64,
-    /// Of those, answered with ThrottlingException.
-    throttled: u64,
-    /// Certificates actually made.
-    issued: u64,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let Ok(launcher) = std::env::var(MOTO_VAR) else {
-            panic!(
-                "{MOTO_VAR} is not set: this test needs the moto AWS emulator and its shim. \
-                 Run it through the README test command (tests/run.sh), or \
-                 `source tests/moto.sh` first."
-            );
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-        let port = free_port();
-        let mut child = Command::new(&launcher)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {MOTO_VAR}={launcher}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let moto = Moto { child, port, dir };
-        assert!(
-            line.starts_with("listening on"),
-            "moto did not start ({launcher} {port}); its log:\n{}",
-            moto.log()
-        );
-        moto
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A request to the shim's own endpoints, over plain HTTP/1.0.
-    fn shim(&self, method: &str, path: &str) -> serde_json::Value {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(" 200 "), "{method} {path}: {head}");
-        serde_json::from_str(body).unwrap()
-    }
-
-    fn counts(&self) -> Counts {
-        let state = self.shim("GET", "/_halyard/state");
-        let n = |key: &str| state[key].as_u64().unwrap();
-        Counts {
-            calls: n("issue_certificate_calls"),
-            throttled: n("throttled"),
-            issued: n("certificates_issued"),
-        }
-    }
-
-    /// The next `n` IssueCertificate calls get ThrottlingException.
-    fn throttle(&self, n: u32) {
-        self.shim("POST", &format!("/_halyard/throttle?count={n}"));
-    }
-
-    /// An SDK client for setting up the emulator (not the code under test).
-    fn client(&self) -> Client {
-        let config = aws_sdk_acmpca::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(credentials())
-            .endpoint_url(self.endpoint())
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .build();
-        Client::from_conf(config)
-    }
-
-    /// Halyard's upstream client for the CA `ca_arn`, with `configure` applied to its config.
-    async fn upstream(&self, ca_arn: &str, configure: impl FnOnce(&mut AwsPcaConfig)) -> AwsPca {
-        let mut config = AwsPcaConfig::new(CaArn::new(ca_arn).unwrap());
-        config.endpoint_url = Some(self.endpoint());
-        configure(&mut config);
-        AwsPca::with_credentials(config, credentials())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn credentials() -> Credentials {
-    Credentials::new("testing", "testing", None, None, "moto")
-}
-
-/// A CA in the emulator: its ARN and certificate (PEM).
-struct EmulatedCa {
-    arn: String,
-    cert_pem: String,
-}
-
-async fn create_ca(client: &Client, kind: CertificateAuthorityType, name: &str) -> String {
-    let configuration = CertificateAuthorityConfiguration::builder()
-        .key_algorithm(KeyAlgorithm::EcPrime256v1)
-        .signing_algorithm(SdkSigningAlgorithm::Sha256Withecdsa)
-        .subject(
-            Asn1Subject::builder()
-                .organization("Example Corp")
-                .common_name(name)
-                .build(),
-        )
-        .build()
-        .unwrap();
-    client
-        .create_certificate_authority()
-        .certificate_authority_configuration(configuration)
-        .certificate_authority_type(kind)
-        .send()
-        .await
-        .unwrap()
-        .certificate_authority_arn()
-        .unwrap()
-        .to_owned()
-}
-
-/// Has `issuer_arn` sign the CSR of the CA `arn` with `template`, and returns (certificate,
-/// chain) as the emulator hands them out.
-async fn sign_ca(
-    client: &Client,
-    issuer_arn: &str,
-    arn: &str,
-    template: &str,
-) -> (String, Option<String>) {
-    let csr = client
-        .get_certificate_authority_csr()
-        .certificate_authority_arn(arn)
-        .send()
-        .await
-        .unwrap()
-        .csr()
-        .unwrap()
-        .to_owned();
-    let certificate_arn = client
-        .issue_certificate()
-        .certificate_authority_arn(issuer_arn)
-        .csr(Blob::new(csr))
-        .signing_algorithm(SdkSigningAlgorithm::Sha256Withecdsa)
-        .template_arn(template)
-        .validity(
-            Validity::builder()
-                .r#type(ValidityPeriodType::Days)
-                .value(3650)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .certificate_arn()
-        .unwrap()
-        .to_owned();
-    let got = client
-        .get_certificate()
-        .certificate_authority_arn(issuer_arn)
-        .certificate_arn(certificate_arn)
-        .send()
-        .await
-        .unwrap();
-    (
-        got.certificate().unwrap().to_owned(),
-        got.certificate_chain().map(str::to_owned),
-    )
-}
-
-/// A ROOT CA, self-signed with `RootCACertificate/V1` and activated, as an operator makes one.
-async fn root_ca(client: &Client) -> EmulatedCa {
-    let arn = create_ca(client, CertificateAuthorityType::Root, "Example PCA root").await;
-    let (cert_pem, _) = sign_ca(
-        client,
-        &arn,
-        &arn,
-        "arn:aws:acm-pca:::template/RootCACertificate/V1",
-    )
-    .await;
-    client
-        .import_certificate_authority_certificate()
-        .certificate_authority_arn(&arn)
-        .certificate(Blob::new(cert_pem.as_bytes()))
-        .send()
-        .await
-        .unwrap();
-    EmulatedCa { arn, cert_pem }
-}
-
-/// A SUBORDINATE CA under `root` (path length 1, so it may sign Halyard's intermediate).
-async fn subordinate_ca(client: &Client, root: &EmulatedCa) -> EmulatedCa {
-    let arn = create_ca(
-        client,
-        CertificateAuthorityType::Subordinate,
-        "Example PCA issuing CA",
-    )
-    .await;
-    let (cert_pem, chain) = sign_ca(
-        client,
-        &root.arn,
-        &arn,
-        "arn:aws:acm-pca:::template/SubordinateCACertificate_PathLen1/V1",
-    )
-    .await;
-    client
-        .import_certificate_authority_certificate()
-        .certificate_authority_arn(&arn)
-        .certificate(Blob::new(cert_pem.as_bytes()))
-        .certificate_chain(Blob::new(chain.unwrap().as_bytes()))
-        .send()
-        .await
-        .unwrap();
-    EmulatedCa { arn, cert_pem }
-}
 
 fn der(pem: &str) -> Vec<u8> {
     certs_from_pem(pem.as_bytes()).unwrap().swap_remove(0)

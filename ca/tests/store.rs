@@ -70,5 +70,6 @@ mod store {
         authorities::an_authority_goes_from_prepared_to_active_to_old,
         authorities::refused_authority_changes_change_nothing,
         authorities::tainting_the_active_authority_activates_the_newest_prepared,
+        authorities::one_replica_at_a_time_holds_the_rotation_lock,
     }
 }

@@ -8,7 +8,8 @@
 //! - [`envoy`]: real Envoy proxies (server and client roles, static files or SDS credentials),
 //!   their admin endpoint (`/certs`, `/stats`); `tests/envoy.sh` installs Envoy.
 //! - [`http`]: a tiny blocking HTTP/1.1 GET.
-//! - [`mesh`]: a CA and an agent joined to it.
+//! - [`mesh`]: a CA and an agent joined to it; the CA's authorities and which one issued what.
+//! - [`traffic`]: requests through a client Envoy, none failing, while something changes.
 //! - [`binaries`]: where the workspace's binaries are.
 //! - [`wait`]: polling another process's state.
 
@@ -16,4 +17,5 @@ pub mod binaries;
 pub mod envoy;
 pub mod http;
 pub mod mesh;
+pub mod traffic;
 pub mod wait;

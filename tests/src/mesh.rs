@@ -1,10 +1,15 @@
 //! A CA and a node agent joined to it, as real processes: what every end-to-end test with
-//! Envoy starts from.
+//! Envoy starts from; and what the CA says about its authorities and whose certificates the
+//! Envoys hold.
+
+use std::collections::HashMap;
 
 use halyard_agent::testing::TestAgent;
 use halyard_ca::testing::TestServer;
+use halyard_proto::SpiffeId;
 
 use crate::binaries;
+use crate::envoy::Envoy;
 
 /// Starts `halyard-ca serve --dev` with `ca_flags`, registers each (SPIFFE ID, uid) for `node`
 /// (before the agent joins, so its first trust snapshot has them), then starts an agent joined as
@@ -16,6 +21,18 @@ pub fn start_ca_and_agent(
     agent_flags: &[&str],
 ) -> (TestServer, TestAgent) {
     let ca = TestServer::start(&binaries::halyard_ca(), ca_flags);
+    join_agent(ca, node, entries, agent_flags)
+}
+
+/// The same with a CA already started (from a configuration file, say): registers each
+/// (SPIFFE ID, uid) for `node`, then starts an agent joined to `ca` as `node` with
+/// `agent_flags`.
+pub fn join_agent(
+    ca: TestServer,
+    node: &str,
+    entries: &[(&str, u32)],
+    agent_flags: &[&str],
+) -> (TestServer, TestAgent) {
     for (spiffe_id, uid) in entries {
         let selector = format!("unix:uid:{uid}");
         ca.cli(&[
@@ -41,4 +58,63 @@ pub fn start_ca_and_agent(
         agent_flags,
     );
     (ca, agent)
+}
+
+/// A serial without leading zeros, however it is spelled (Envoy's `/certs`, the journal).
+pub fn bare_serial(serial: &str) -> String {
+    serial.trim_start_matches('0').to_owned()
+}
+
+/// `authority list` as (id, state) rows, oldest first.
+pub fn authorities(ca: &TestServer) -> Vec<(String, String)> {
+    ca.cli(&["authority", "list"])
+        .unwrap_or_else(|e| panic!("authority list: {e}"))
+        .lines()
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let id = fields.next().unwrap_or_default().to_owned();
+            let state = fields.next().unwrap_or_default().to_owned();
+            (id, state)
+        })
+        .collect()
+}
+
+/// The active authority's id.
+pub fn active_authority(ca: &TestServer) -> String {
+    authorities(ca)
+        .into_iter()
+        .find(|(_, state)| state == "active")
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("no active authority: {:?}", authorities(ca)))
+}
+
+/// The authority that issued each journaled serial (without leading zeros).
+pub fn journal_issuers(ca: &TestServer) -> HashMap<String, String> {
+    let export = ca
+        .cli(&["audit", "export", "--format", "jsonl"])
+        .unwrap_or_else(|e| panic!("audit export: {e}"));
+    export
+        .lines()
+        .filter_map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some((
+                bare_serial(row["serial"].as_str()?),
+                row["authority"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// The authority that issued the certificate for `spiffe_id` that `envoy` shows now, looked up
+/// in `issuers` ([`journal_issuers`]).
+pub fn envoy_issuer(
+    envoy: &Envoy,
+    spiffe_id: &SpiffeId,
+    issuers: &HashMap<String, String>,
+) -> Option<String> {
+    envoy
+        .certs()
+        .into_iter()
+        .find(|c| c.spiffe_id.as_ref() == Some(spiffe_id))
+        .and_then(|c| issuers.get(&bare_serial(&c.serial_number)).cloned())
 }

@@ -15,9 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use halyard_agent::testing::TestAgent;
@@ -25,7 +23,10 @@ use halyard_ca::testing::{TestServer, key_id};
 use halyard_proto::SpiffeId;
 use halyard_tests::binaries;
 use halyard_tests::envoy::{Credentials, Envoy, EnvoyConfig, SdsApi};
-use halyard_tests::mesh::start_ca_and_agent;
+use halyard_tests::mesh::{
+    active_authority, bare_serial, envoy_issuer, journal_issuers, start_ca_and_agent,
+};
+use halyard_tests::traffic;
 use halyard_tests::wait::wait_until;
 
 const NODE: &str = "node-1";
@@ -39,18 +40,9 @@ const TAINT_SPREAD: &str = "2s";
 const FIRST_CERT: Duration = Duration::from_secs(30);
 /// How long a whole switch (taint → both Envoys on the new intermediate) may take.
 const SWITCH_WITHIN: Duration = Duration::from_secs(30);
-/// The pace of the requests through the client Envoy.
-const TRAFFIC_EVERY: Duration = Duration::from_millis(20);
-/// How long the traffic runs before the first step and after the last.
-const TRAFFIC_AROUND: Duration = Duration::from_millis(500);
 
 fn id(text: &str) -> SpiffeId {
     SpiffeId::new(text).unwrap()
-}
-
-/// A serial without leading zeros, however it is spelled.
-fn bare(serial: &str) -> String {
-    serial.trim_start_matches('0').to_owned()
 }
 
 struct Mesh {
@@ -99,35 +91,13 @@ impl Mesh {
         }
     }
 
-    /// The authority that issued each journaled serial (without leading zeros).
-    fn issuers(&self) -> HashMap<String, String> {
-        let export = self
-            .ca
-            .cli(&["audit", "export", "--format", "jsonl"])
-            .unwrap();
-        export
-            .lines()
-            .map(|line| {
-                let row: serde_json::Value = serde_json::from_str(line).unwrap();
-                (
-                    bare(row["serial"].as_str().unwrap()),
-                    row["authority"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    }
-
     /// The authority that issued the certificate each Envoy shows now: (server's, client's).
     fn envoy_issuers(&self) -> (Option<String>, Option<String>) {
-        let issuers = self.issuers();
-        let of = |envoy: &Envoy, spiffe_id: &str| {
-            envoy
-                .certs()
-                .into_iter()
-                .find(|c| c.spiffe_id == Some(id(spiffe_id)))
-                .and_then(|c| issuers.get(&bare(&c.serial_number)).cloned())
-        };
-        (of(&self.server, SERVER), of(&self.client, CLIENT))
+        let issuers = journal_issuers(&self.ca);
+        (
+            envoy_issuer(&self.server, &id(SERVER), &issuers),
+            envoy_issuer(&self.client, &id(CLIENT), &issuers),
+        )
     }
 
     /// Waits until both Envoys show certificates issued by `authority`; returns how long it took
@@ -145,16 +115,7 @@ impl Mesh {
 
     /// The active authority's id.
     fn active(&self) -> String {
-        self.ca
-            .cli(&["authority", "list"])
-            .unwrap()
-            .lines()
-            .find(|l| l.split('\t').nth(1) == Some("active"))
-            .unwrap()
-            .split('\t')
-            .next()
-            .unwrap()
-            .to_owned()
+        active_authority(&self.ca)
     }
 
     /// The serials of the roots each Envoy trusts: (server's, client's), sorted.
@@ -163,7 +124,7 @@ impl Mesh {
             let mut serials: Vec<String> = envoy
                 .ca_certs()
                 .into_iter()
-                .map(|c| bare(&c.serial_number))
+                .map(|c| bare_serial(&c.serial_number))
                 .collect();
             serials.sort();
             serials.dedup();
@@ -173,79 +134,18 @@ impl Mesh {
     }
 }
 
-/// One request through the client Envoy that did not get its 200.
-struct Failure {
-    after: Duration,
-    what: String,
-}
-
-/// Requests through `client` every [`TRAFFIC_EVERY`] until `stop`: how many, and the failures.
-fn send_until(client: &Envoy, stop: &AtomicBool, start: Instant) -> (usize, Vec<Failure>) {
-    let mut sent = 0;
-    let mut failures = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let at = start.elapsed();
-        match client.get("/") {
-            Ok(r) if r.status == 200 && r.header("x-peer-spiffe-id") == Some(CLIENT) => {}
-            Ok(r) => failures.push(Failure {
-                after: at,
-                what: format!("{} {:?}", r.status, r.body),
-            }),
-            Err(e) => failures.push(Failure {
-                after: at,
-                what: e.to_string(),
-            }),
-        }
-        sent += 1;
-        std::thread::sleep(TRAFFIC_EVERY);
-    }
-    (sent, failures)
-}
-
-/// Sets the flag when dropped, also while unwinding, so the traffic thread always ends.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Runs `steps` while requests flow through the client Envoy; asserts none failed and that the
 /// client opened a new connection for each.
 fn under_traffic(mesh: &Mesh, steps: impl FnOnce()) {
-    let stop = AtomicBool::new(false);
-    let start = Instant::now();
-    let connections_before = mesh.client.stat("cluster.upstream.upstream_cx_total");
-    let (sent, failures) = std::thread::scope(|scope| {
-        let stopper = StopOnDrop(&stop);
-        let traffic = scope.spawn(|| send_until(&mesh.client, &stop, start));
-        std::thread::sleep(TRAFFIC_AROUND);
-        steps();
-        std::thread::sleep(TRAFFIC_AROUND);
-        drop(stopper);
-        traffic.join().unwrap()
-    });
-    let connections = mesh.client.stat("cluster.upstream.upstream_cx_total") - connections_before;
-    let failed: Vec<String> = failures
-        .iter()
-        .map(|f| format!("{:?} after the traffic started: {}", f.after, f.what))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests through the client Envoy failed: {failed:#?}\nclient log:\n{}\n\
-         server log:\n{}\nagent log:\n{}",
-        failures.len(),
-        mesh.client.log(),
-        mesh.server.log(),
-        mesh.agent.log()
-    );
-    assert!(
-        connections as usize >= sent,
-        "each request should have been a new handshake: {connections} connections for {sent} \
-         requests"
-    );
-    eprintln!("{sent} requests through the client Envoy, each a new TLS handshake: all 200");
+    let logs = || {
+        format!(
+            "client log:\n{}\nserver log:\n{}\nagent log:\n{}",
+            mesh.client.log(),
+            mesh.server.log(),
+            mesh.agent.log()
+        )
+    };
+    traffic::under_traffic(&mesh.client, CLIENT, logs, steps);
 }
 
 #[test]

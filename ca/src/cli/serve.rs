@@ -1,13 +1,15 @@
 //! `halyard-ca serve --config FILE | --dev`: every config key is also a flag.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::ConfigFile;
+use crate::config::{AwsPcaFile, ConfigFile};
+use crate::upstream::{CaArn, SigningAlgorithm};
 
 /// `serve`'s flags: a config file or `--dev`, and any key of the file as a flag.
 #[derive(Debug, Args)]
@@ -64,6 +66,33 @@ pub(super) struct ServeArgs {
     /// Journal retention after expiry.
     #[arg(long)]
     journal_retention: Option<String>,
+    /// Where the intermediate comes from: offline (imported; the default) or aws-pca.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// [aws_pca] ca_arn: the AWS Private CA that signs the intermediate.
+    #[arg(long = "aws-pca-ca-arn")]
+    aws_pca_ca_arn: Option<CaArn>,
+    /// [aws_pca] region (default: the CA ARN's).
+    #[arg(long = "aws-pca-region")]
+    aws_pca_region: Option<String>,
+    /// [aws_pca] signing_algorithm, e.g. SHA256WITHECDSA (default: what fits the CA's key).
+    #[arg(long = "aws-pca-signing-algorithm")]
+    aws_pca_signing_algorithm: Option<SigningAlgorithm>,
+    /// [aws_pca] template_arn (default: SubordinateCACertificate_PathLen0/V1).
+    #[arg(long = "aws-pca-template-arn")]
+    aws_pca_template_arn: Option<String>,
+    /// [aws_pca] endpoint_url: a VPC endpoint, or an emulator.
+    #[arg(long = "aws-pca-endpoint-url")]
+    aws_pca_endpoint_url: Option<String>,
+    /// [aws_pca] intermediate_ttl (default 7d).
+    #[arg(long = "aws-pca-intermediate-ttl")]
+    aws_pca_intermediate_ttl: Option<String>,
+    /// [aws_pca] max_issue_rate: PCA calls per second at most (default 5).
+    #[arg(long = "aws-pca-max-issue-rate")]
+    aws_pca_max_issue_rate: Option<NonZeroU32>,
+    /// [aws_pca] extra_roots: a PEM file of further roots to trust (repeatable).
+    #[arg(long = "aws-pca-extra-root")]
+    aws_pca_extra_roots: Vec<PathBuf>,
 }
 
 impl ServeArgs {
@@ -86,6 +115,22 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight,
             node_rate_limit: self.node_rate_limit,
             journal_retention: self.journal_retention.clone(),
+            upstream: self.upstream.clone(),
+            aws_pca: Some(self.aws_pca_flags()).filter(|table| !table.is_empty()),
+        }
+    }
+
+    fn aws_pca_flags(&self) -> AwsPcaFile {
+        AwsPcaFile {
+            ca_arn: self.aws_pca_ca_arn.clone(),
+            region: self.aws_pca_region.clone(),
+            signing_algorithm: self.aws_pca_signing_algorithm,
+            template_arn: self.aws_pca_template_arn.clone(),
+            endpoint_url: self.aws_pca_endpoint_url.clone(),
+            intermediate_ttl: self.aws_pca_intermediate_ttl.clone(),
+            max_issue_rate: self.aws_pca_max_issue_rate,
+            extra_roots: (!self.aws_pca_extra_roots.is_empty())
+                .then(|| self.aws_pca_extra_roots.clone()),
         }
     }
 

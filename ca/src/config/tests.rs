@@ -87,3 +87,223 @@ fn the_example_config_in_the_repository_parses() {
         .unwrap();
     assert_eq!(config.trust_domain.as_str(), "cluster.local");
 }
+
+const PCA_ARN: &str = "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/0b1e2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+
+fn aws_pca_file(extra: &str) -> ConfigFile {
+    toml::from_str(&format!(
+        "trust_domain = \"td\"\ndata_dir = \"/d\"\nupstream = \"aws-pca\"\n\n[aws_pca]\n\
+         ca_arn = {PCA_ARN:?}\n{extra}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_default_upstream_is_offline() {
+    let config = ConfigFile {
+        trust_domain: Some("td".into()),
+        data_dir: Some("/d".into()),
+        ..ConfigFile::default()
+    }
+    .resolve("a.toml", false)
+    .unwrap();
+    assert_eq!(config.upstream, Upstream::Offline);
+    let explicit = ConfigFile {
+        upstream: Some("offline".into()),
+        ..ConfigFile::default()
+    };
+    assert_eq!(
+        explicit.resolve("flags", true).unwrap().upstream,
+        Upstream::Offline
+    );
+}
+
+#[test]
+fn aws_pca_takes_the_table_and_its_defaults() {
+    let config =
+        aws_pca_file("intermediate_ttl = \"2d\"\nsigning_algorithm = \"SHA384WITHECDSA\"\n")
+            .resolve("a.toml", false)
+            .unwrap();
+    let Upstream::AwsPca(pca) = config.upstream else {
+        panic!("{:?}", config.upstream)
+    };
+    assert_eq!(pca.ca_arn.as_str(), PCA_ARN);
+    assert_eq!(pca.region(), "eu-west-1");
+    assert_eq!(pca.intermediate_ttl.as_secs(), 2 * 86_400);
+    assert_eq!(
+        pca.signing_algorithm,
+        Some(crate::upstream::SigningAlgorithm::Sha384WithEcdsa)
+    );
+    assert_eq!(pca.template_arn, crate::upstream::DEFAULT_TEMPLATE_ARN);
+    assert_eq!(pca.max_issue_rate.get(), 5);
+}
+
+#[test]
+fn aws_pca_flags_fill_in_and_override_the_table() {
+    let flags = ConfigFile {
+        aws_pca: Some(AwsPcaFile {
+            endpoint_url: Some("http://127.0.0.1:5000".into()),
+            intermediate_ttl: Some("90s".into()),
+            ..AwsPcaFile::default()
+        }),
+        ..ConfigFile::default()
+    };
+    let config = aws_pca_file("intermediate_ttl = \"2d\"\nmax_issue_rate = 2\n")
+        .overlay(flags)
+        .resolve("flags", false)
+        .unwrap();
+    let Upstream::AwsPca(pca) = config.upstream else {
+        panic!("{:?}", config.upstream)
+    };
+    assert_eq!(pca.endpoint_url.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(pca.intermediate_ttl.as_secs(), 90);
+    assert_eq!(pca.max_issue_rate.get(), 2, "kept from the file");
+    assert_eq!(pca.ca_arn.as_str(), PCA_ARN, "kept from the file");
+
+    // The whole upstream from flags alone.
+    let flags = ConfigFile {
+        trust_domain: Some("td".into()),
+        data_dir: Some("/d".into()),
+        upstream: Some("aws-pca".into()),
+        aws_pca: Some(AwsPcaFile {
+            ca_arn: Some(crate::upstream::CaArn::new(PCA_ARN).unwrap()),
+            ..AwsPcaFile::default()
+        }),
+        ..ConfigFile::default()
+    };
+    let config = ConfigFile::default()
+        .overlay(flags)
+        .resolve("flags", false)
+        .unwrap();
+    assert!(matches!(config.upstream, Upstream::AwsPca(_)));
+}
+
+#[test]
+fn aws_pca_with_dev_is_refused_naming_both() {
+    let err = aws_pca_file("")
+        .resolve("a.toml", true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("a.toml: key upstream: ")
+            && err.contains("\"aws-pca\"")
+            && err.contains("--dev"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_aws_pca_settings_name_the_key() {
+    let cases = [
+        ("region = \"us-east-1\"\n", "aws_pca.region", "differs"),
+        (
+            "intermediate_ttl = \"30s\"\n",
+            "aws_pca.intermediate_ttl",
+            "too short",
+        ),
+        (
+            "intermediate_ttl = \"soon\"\n",
+            "aws_pca.intermediate_ttl",
+            "soon",
+        ),
+        ("template_arn = \"nope\"\n", "aws_pca.template_arn", "nope"),
+        (
+            "endpoint_url = \"ftp://x\"\n",
+            "aws_pca.endpoint_url",
+            "ftp://x",
+        ),
+    ];
+    for (extra, key, why) in cases {
+        let err = aws_pca_file(extra)
+            .resolve("a.toml", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("a.toml: key {key}: ")) && err.contains(why),
+            "{extra}: {err}"
+        );
+    }
+
+    let no_arn = ConfigFile {
+        trust_domain: Some("td".into()),
+        data_dir: Some("/d".into()),
+        upstream: Some("aws-pca".into()),
+        ..ConfigFile::default()
+    };
+    let err = no_arn.resolve("a.toml", false).unwrap_err().to_string();
+    assert!(
+        err.starts_with("a.toml: key aws_pca.ca_arn: is required"),
+        "{err}"
+    );
+
+    let table_alone = ConfigFile {
+        upstream: None,
+        ..aws_pca_file("")
+    };
+    let err = table_alone
+        .resolve("a.toml", false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("a.toml: key aws_pca: is set, but"), "{err}");
+
+    let unknown = ConfigFile {
+        upstream: Some("vault".into()),
+        ..ConfigFile::default()
+    };
+    let err = unknown.resolve("flags", true).unwrap_err().to_string();
+    assert!(
+        err.starts_with("flags: key upstream: \"vault\" is not an upstream"),
+        "{err}"
+    );
+}
+
+#[test]
+fn aws_pca_file_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("halyard-ca.toml");
+    for (table, expected) in [
+        ("ca_arn = \"arn:aws:s3:::bucket\"", "ca_arn"),
+        (
+            "ca_arn = \"arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/x\"\nsigning_algorithm = \"MD5\"",
+            "signing_algorithm",
+        ),
+        (
+            "ca_arn = \"arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/x\"\nca_ram = 1",
+            "ca_ram",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!("trust_domain = \"td\"\nupstream = \"aws-pca\"\n[aws_pca]\n{table}\n"),
+        )
+        .unwrap();
+        let err = ConfigFile::read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("halyard-ca.toml") && err.contains(expected),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_commented_aws_pca_example_parses_once_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/halyard-ca.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# upstream = \"aws-pca\"").unwrap();
+    let uncommented: Vec<&str> = text[start..]
+        .lines()
+        .map(|line| {
+            line.strip_prefix("# ")
+                .or(line.strip_prefix('#'))
+                .unwrap_or(line)
+        })
+        .collect();
+    let file: ConfigFile =
+        toml::from_str(&format!("{}{}", &text[..start], uncommented.join("\n"))).unwrap();
+    let config = file.resolve("example", false).unwrap();
+    let Upstream::AwsPca(pca) = config.upstream else {
+        panic!("{:?}", config.upstream)
+    };
+    assert_eq!(pca.intermediate_ttl.as_secs(), 7 * 86_400);
+    assert_eq!(pca.extra_roots.len(), 1);
+}

@@ -1,5 +1,7 @@
-//! A real `halyard-ca serve --dev` process on free loopback ports, and clients for it.
+//! A real `halyard-ca serve` process (`--dev`, or `--config FILE`) on free loopback ports, and
+//! clients for it.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +19,10 @@ pub struct TestServer {
     child: Option<Child>,
     extra: Vec<String>,
     log_filter: Option<String>,
+    /// `--config FILE` instead of `--dev`.
+    config: Option<PathBuf>,
+    /// Added to the server's environment.
+    env: Vec<(String, String)>,
 }
 
 /// The `halyard-ca` binary of this build, for tests in other packages (Cargo hands
@@ -60,6 +66,54 @@ impl TestServer {
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log_filter: log_filter.map(str::to_owned),
+            config: None,
+            env: Vec::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts `binary serve --config FILE` with `config` (TOML) as the file, in a fresh data
+    /// directory given as `--data-dir`, on free ports given as flags, with `env` added to its
+    /// environment and `extra` flags; waits until its admin socket answers.
+    pub fn start_with_config(
+        binary: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> TestServer {
+        TestServer::start_with_config_and_data(binary, config, env, extra, |_| {})
+    }
+
+    /// The same, with `populate` called on the (created, empty) data directory first: to share
+    /// another server's files, say.
+    pub fn start_with_config_and_data(
+        binary: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        populate: impl FnOnce(&Path),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        populate(&data);
+        let config_path = dir.path().join("halyard-ca.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut server = TestServer {
+            dir,
+            grpc: ([127, 0, 0, 1], free_port()).into(),
+            http: ([127, 0, 0, 1], free_port()).into(),
+            binary: binary.to_owned(),
+            child: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log_filter: None,
+            config: Some(config_path),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         server.spawn();
         server
@@ -77,6 +131,8 @@ impl TestServer {
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             log_filter: first.log_filter.clone(),
+            config: None,
+            env: Vec::new(),
         };
         let data = server.data_dir();
         std::fs::create_dir_all(&data).unwrap();
@@ -98,8 +154,14 @@ impl TestServer {
         if let Some(filter) = &self.log_filter {
             command.env("RUST_LOG", filter);
         }
+        command.arg("serve");
+        match &self.config {
+            Some(config) => command.arg("--config").arg(config),
+            None => command.arg("--dev"),
+        };
         let child = command
-            .args(["serve", "--dev", "--data-dir"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--grpc-listen", &self.grpc.to_string()])
             .args(["--http-listen", &self.http.to_string()])

@@ -39,6 +39,7 @@ use retry::{AwsFailure, Retry, RetryPolicy, retrying};
 pub use chain::{Expected, PcaChain, PcaChainError};
 pub use config::{AwsPcaConfig, CaArn, CaKeyAlgorithm, DEFAULT_TEMPLATE_ARN, SigningAlgorithm};
 pub use ledger::{DirLedger, IdempotencyToken, IssuanceLedger, MemoryLedger};
+pub(crate) use retry::jitter;
 
 /// How long one attempt waits for PCA to issue a certificate (it usually takes seconds).
 const ISSUE_WAIT: Duration = Duration::from_secs(120);

@@ -1,6 +1,6 @@
 //! Authorities: prepared → active → old, taint with a successor in one transaction.
 
-use halyard_ca::store::{AuthorityState, StoreError};
+use halyard_ca::store::{AuthorityState, Backend, StoreError};
 
 use super::support::{T0, TestDb, at};
 
@@ -202,4 +202,36 @@ pub(super) async fn tainting_the_active_authority_activates_the_newest_prepared(
         store.authority("c3").await.unwrap().unwrap().state,
         AuthorityState::Active
     );
+}
+
+/// Two replicas (two stores on one database): on PostgreSQL one holds the rotation lock and the
+/// other is told so, until it is released or its holder goes away; SQLite (one process) always
+/// grants it.
+pub(super) async fn one_replica_at_a_time_holds_the_rotation_lock(db: TestDb) {
+    let (a, b) = (db.open().await, db.open().await);
+    let held = a.try_rotation_lock().await.unwrap().expect("a free lock");
+    let other = b.try_rotation_lock().await.unwrap();
+    if db.backend == Backend::Sqlite {
+        assert!(other.is_some(), "SQLite serves one process: always granted");
+        return;
+    }
+    assert!(other.is_none(), "held by the other replica");
+    assert!(
+        a.try_rotation_lock().await.unwrap().is_none(),
+        "not re-entrant"
+    );
+    held.release().await.unwrap();
+    let again = b.try_rotation_lock().await.unwrap().expect("released");
+    // A holder that goes away (its store dropped, its connections closed) lets go too.
+    drop(b);
+    drop(again);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(lock) = a.try_rotation_lock().await.unwrap() {
+            lock.release().await.unwrap();
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

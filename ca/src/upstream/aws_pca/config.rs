@@ -307,6 +307,16 @@ pub enum SigningAlgorithm {
 }
 
 impl SigningAlgorithm {
+    /// Every algorithm, in AWS's order.
+    pub const ALL: [SigningAlgorithm; 6] = [
+        SigningAlgorithm::Sha256WithEcdsa,
+        SigningAlgorithm::Sha384WithEcdsa,
+        SigningAlgorithm::Sha512WithEcdsa,
+        SigningAlgorithm::Sha256WithRsa,
+        SigningAlgorithm::Sha384WithRsa,
+        SigningAlgorithm::Sha512WithRsa,
+    ];
+
     /// AWS's name for it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -342,6 +352,21 @@ impl SigningAlgorithm {
     /// Whether a CA with `key` can sign with this algorithm.
     pub fn fits(self, key: CaKeyAlgorithm) -> bool {
         self.is_ecdsa() == key.is_ec()
+    }
+}
+
+impl FromStr for SigningAlgorithm {
+    type Err = String;
+
+    /// AWS's name (`SHA256WITHECDSA`, …), as in the configuration file.
+    fn from_str(name: &str) -> Result<SigningAlgorithm, String> {
+        SigningAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SigningAlgorithm::ALL.iter().map(|a| a.as_str()).collect();
+                format!("{name:?} is not one of {}", names.join(", "))
+            })
     }
 }
 

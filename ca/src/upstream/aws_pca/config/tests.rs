@@ -181,3 +181,16 @@ fn the_default_signing_algorithm_fits_the_key() {
         assert!(err.contains(unsupported.as_str()), "{err}");
     }
 }
+
+#[test]
+fn signing_algorithms_parse_from_aws_names_as_flags_give_them() {
+    for algorithm in SigningAlgorithm::ALL {
+        assert_eq!(algorithm.as_str().parse(), Ok(algorithm));
+    }
+    let err = "SHA1WITHRSA".parse::<SigningAlgorithm>().unwrap_err();
+    assert!(
+        err.contains("SHA1WITHRSA") && err.contains("SHA256WITHECDSA"),
+        "{err}"
+    );
+    assert!("sha256withecdsa".parse::<SigningAlgorithm>().is_err());
+}
