@@ -76,6 +76,9 @@ pub struct ConfigFile {
     pub node_rate_limit: Option<u32>,
     /// How long journal rows of expired certificates are kept.
     pub journal_retention: Option<String>,
+    /// When set, leaves carry a CRL distribution point `<this>/<authority>.crl`: the CA's
+    /// `/crl` path as relying parties reach it, e.g. `http://halyard-ca.halyard.svc:9090/crl`.
+    pub crl_base_url: Option<String>,
     /// Where the intermediate comes from: `offline` (the default) or `aws-pca`.
     pub upstream: Option<String>,
     /// AWS Private CA, for `upstream = "aws-pca"`.
@@ -115,6 +118,8 @@ pub struct Config {
     pub node_rate_limit: u32,
     /// Journal retention after expiry.
     pub journal_retention: Ttl,
+    /// The CRL distribution point base put in leaves, if any.
+    pub crl_base_url: Option<String>,
     /// Development mode: a root is made in the data directory and signs the intermediate.
     pub dev: bool,
     /// Where the intermediate comes from.
@@ -161,6 +166,7 @@ impl ConfigFile {
             max_in_flight,
             node_rate_limit,
             journal_retention,
+            crl_base_url,
             upstream
         )
     }
@@ -227,8 +233,21 @@ impl ConfigFile {
             n => Ok(n),
         };
         let upstream = upstream::resolve(self.upstream.as_deref(), self.aws_pca, dev, &invalid)?;
+        let crl_base_url = match self.crl_base_url {
+            Some(url)
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.contains(char::is_whitespace) =>
+            {
+                return Err(invalid(
+                    "crl_base_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+            other => other.map(|url| url.trim_end_matches('/').to_owned()),
+        };
         Ok(Config {
             upstream,
+            crl_base_url,
             admin_socket: self
                 .admin_socket
                 .unwrap_or_else(|| data_dir.join("admin.sock")),

@@ -269,6 +269,7 @@ fn policy(config: &Config) -> Policy {
     Policy {
         default_ttl: config.default_ttl,
         max_ttl: config.max_ttl,
+        crl_base_url: config.crl_base_url.clone(),
         ..Policy::default()
     }
 }

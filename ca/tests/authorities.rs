@@ -376,3 +376,40 @@ fn server_cli_offline(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_leaf_points_at_its_issuers_crl_when_configured() {
+    use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
+    let base = format!("http://127.0.0.1:{}/crl", halyard_ca::testing::free_port());
+    let server = TestServer::start(
+        Path::new(env!("CARGO_BIN_EXE_halyard-ca")),
+        &["--crl-base-url", &base],
+    );
+    server.entry("worker-1", WEB);
+    let node = server.attest_node("worker-1").await;
+    let chain = leaf_chain(&server, &node).await;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+    let uris: Vec<String> = leaf
+        .extensions()
+        .iter()
+        .filter_map(|e| match e.parsed_extension() {
+            ParsedExtension::CRLDistributionPoints(points) => Some(points),
+            _ => None,
+        })
+        .flat_map(|points| points.iter())
+        .filter_map(|p| match &p.distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect();
+    let issuer = aki(&chain[0]);
+    assert_eq!(uris, [format!("{base}/{issuer}.crl")]);
+    // The path it names is where this CA serves the issuer's CRL.
+    let (status, crl) = server.http_get(&format!("/crl/{issuer}.crl"));
+    assert!(status.contains("200") && !crl.is_empty(), "{status}");
+}

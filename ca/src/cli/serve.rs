@@ -66,6 +66,9 @@ pub(super) struct ServeArgs {
     /// Journal retention after expiry.
     #[arg(long)]
     journal_retention: Option<String>,
+    /// Put a CRL distribution point `<URL>/<authority>.crl` in every leaf.
+    #[arg(long)]
+    crl_base_url: Option<String>,
     /// Where the intermediate comes from: offline (imported; the default) or aws-pca.
     #[arg(long)]
     upstream: Option<String>,
@@ -115,6 +118,7 @@ impl ServeArgs {
             max_in_flight: self.max_in_flight,
             node_rate_limit: self.node_rate_limit,
             journal_retention: self.journal_retention.clone(),
+            crl_base_url: self.crl_base_url.clone(),
             upstream: self.upstream.clone(),
             aws_pca: Some(self.aws_pca_flags()).filter(|table| !table.is_empty()),
         }

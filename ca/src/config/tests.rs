@@ -307,3 +307,32 @@ fn the_commented_aws_pca_example_parses_once_uncommented() {
     assert_eq!(pca.intermediate_ttl.as_secs(), 7 * 86_400);
     assert_eq!(pca.extra_roots.len(), 1);
 }
+
+#[test]
+fn a_crl_base_url_must_be_http_and_loses_its_trailing_slash() {
+    let with = |url: &str| ConfigFile {
+        crl_base_url: Some(url.to_owned()),
+        ..ConfigFile::default()
+    };
+    assert_eq!(
+        ConfigFile::default()
+            .resolve("flags", true)
+            .unwrap()
+            .crl_base_url,
+        None
+    );
+    let config = with("http://halyard-ca.halyard.svc:9090/crl/")
+        .resolve("flags", true)
+        .unwrap();
+    assert_eq!(
+        config.crl_base_url.as_deref(),
+        Some("http://halyard-ca.halyard.svc:9090/crl")
+    );
+    for bad in ["ldap://ca/crl", "halyard-ca:9090/crl", "http://ca/my crl"] {
+        let err = with(bad).resolve("a.toml", true).unwrap_err().to_string();
+        assert!(
+            err.starts_with("a.toml: key crl_base_url: ") && err.contains("http://"),
+            "{bad}: {err}"
+        );
+    }
+}
