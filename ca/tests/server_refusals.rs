@@ -20,6 +20,32 @@ fn server(extra: &[&str]) -> TestServer {
     TestServer::start(Path::new(env!("CARGO_BIN_EXE_halyard-ca")), extra)
 }
 
+/// What a refusal must not change: the authorities, the bundle, the data directory's files
+/// (name and contents, but the database and its logs), and the journal's integrity.
+fn state(server: &TestServer) -> (String, String, Vec<(String, Vec<u8>)>) {
+    let mut files = Vec::new();
+    let mut dirs = vec![server.data_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.display().to_string();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if !name.contains("halyard.db") && !name.ends_with(".sock") {
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    let verify = server.cli(&["audit", "verify"]).unwrap();
+    assert!(verify.contains("journal intact"), "{verify}");
+    (
+        server.cli(&["authority", "list"]).unwrap(),
+        server.cli(&["bundle", "show"]).unwrap(),
+        files,
+    )
+}
+
 #[test]
 fn admin_commands_refuse_bad_input_precisely() {
     let server = server(&[]);
@@ -36,6 +62,35 @@ fn admin_commands_refuse_bad_input_precisely() {
         ])
     };
     create(WEB, "unix:uid:1000").unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let own_root = server
+        .data_dir()
+        .join("dev-root/root.crt")
+        .display()
+        .to_string();
+    let leaf_file = files.path().join("leaf.pem").display().to_string();
+    std::fs::write(
+        &leaf_file,
+        halyard_ca::authority::certs_to_pem(
+            [halyard_ca::testing::self_signed_leaf(WEB).as_slice()],
+        ),
+    )
+    .unwrap();
+    let other_root = files.path().join("other").display().to_string();
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-ca"))
+        .args([
+            "root",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--dir",
+            &other_root,
+        ])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let other_root = format!("{other_root}/root.crt");
+    let before = state(&server);
     let cases: Vec<(&str, Result<String, String>, &str)> = vec![
         (
             "bad node name",
@@ -87,6 +142,71 @@ fn admin_commands_refuse_bad_input_precisely() {
             server.cli(&["entry", "delete", "--id", "nope"]),
             "NotFound: no entry with id \"nope\"",
         ),
+        (
+            "serial not hex",
+            server.cli(&["revoke", "--serial", "xyz"]),
+            "InvalidArgument: serial: ",
+        ),
+        (
+            "serial never issued",
+            server.cli(&["revoke", "--serial", "0a0b0c"]),
+            "NotFound: no certificate with serial 0a0b0c was issued by this CA",
+        ),
+        (
+            "unknown revocation reason",
+            server.cli(&["revoke", "--spiffe-id", WEB, "--reason", "boredom"]),
+            "InvalidArgument: ",
+        ),
+        (
+            "revoke a non-SPIFFE ID",
+            server.cli(&["revoke", "--spiffe-id", "web"]),
+            "InvalidArgument: spiffe_id \"web\"",
+        ),
+        (
+            "activate an unknown authority",
+            server.cli(&["authority", "activate", "abcdef"]),
+            "NotFound: no authority with id abcdef",
+        ),
+        (
+            "taint an unknown authority",
+            server.cli(&["authority", "taint", "abcdef"]),
+            "NotFound: no authority with id abcdef",
+        ),
+        (
+            "prepare with a file that holds no certificate",
+            server.cli(&["authority", "prepare", "--cert", "/etc/hostname"]),
+            "InvalidArgument: certificate: ",
+        ),
+        (
+            "prepare with a missing file",
+            server.cli(&["authority", "prepare", "--cert", "/nonexistent.crt"]),
+            "/nonexistent.crt",
+        ),
+        (
+            "add a root that is no CA",
+            server.cli(&["bundle", "add", "--cert", &leaf_file]),
+            "InvalidArgument: not a usable root: ",
+        ),
+        (
+            "remove a root not in the bundle",
+            server.cli(&["bundle", "remove", "--cert", &other_root]),
+            "NotFound: this root is not in the bundle",
+        ),
+        (
+            "remove the only root",
+            server.cli(&["bundle", "remove", "--cert", &own_root]),
+            "FailedPrecondition: this is the bundle's only root",
+        ),
+        (
+            "add the root already there",
+            server.cli(&["bundle", "add", "--cert", &own_root]),
+            "AlreadyExists: this root is already in the bundle",
+        ),
+        (
+            "ban an unknown node",
+            server.cli(&["node", "ban", "nobody"]),
+            "NotFound: no node named \"nobody\" has attested",
+        ),
     ];
     for (name, result, expected) in cases {
         let err = result.expect_err(name);
@@ -95,9 +215,10 @@ fn admin_commands_refuse_bad_input_precisely() {
             "{name}:\n  expected: {expected}\n  got: {err}"
         );
     }
-    // The refusals changed nothing: still the one entry.
+    // The refusals changed nothing: still the one entry, the same authorities, roots, files.
     let list = server.cli(&["entry", "list"]).unwrap();
     assert_eq!(list.lines().count(), 1, "{list}");
+    assert_eq!(state(&server), before);
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-ca"))
         .args([
@@ -388,4 +509,122 @@ async fn a_banned_node_can_neither_renew_nor_sign_nor_watch_nor_attest_again() {
         .unwrap_err();
     assert_eq!(again.code(), Code::PermissionDenied, "{again:?}");
     assert!(again.message().contains("banned"), "{again:?}");
+}
+
+/// Every item of a `SignX509Svids` batch is judged on its own: each bad item gets its own
+/// precise status, the good item in the same batch is signed, and nothing else changes.
+#[tokio::test]
+async fn each_bad_item_of_a_batch_gets_its_own_status_and_changes_nothing() {
+    let server = server(&[]);
+    server.entry("worker-1", WEB);
+    let node = server.attest_node("worker-1").await;
+    let before = state(&server);
+    let journal_before = server.cli(&["audit", "list"]).unwrap().lines().count();
+    let csr = |id: Option<&str>| key_and_csr(id).1;
+    let ca_csr = halyard_ca::testing::CsrSpec::for_id(WEB).ca().der();
+    let two_uris = halyard_ca::testing::CsrSpec::for_id(WEB)
+        .uris(&[WEB, "spiffe://cluster.local/ns/default/sa/db"])
+        .der();
+    let dns = halyard_ca::testing::CsrSpec::for_id(WEB)
+        .dns(&["evil.example.com"])
+        .der();
+    let items: Vec<(&str, &str, Vec<u8>, Option<(Code, &str)>)> = vec![
+        ("good", WEB, csr(Some(WEB)), None),
+        (
+            "not a SPIFFE ID",
+            "web",
+            csr(Some(WEB)),
+            Some((Code::InvalidArgument, "web")),
+        ),
+        (
+            "an ID with no entry for this node",
+            "spiffe://cluster.local/ns/default/sa/db",
+            csr(Some("spiffe://cluster.local/ns/default/sa/db")),
+            Some((Code::PermissionDenied, "sa/db")),
+        ),
+        (
+            "another trust domain",
+            "spiffe://other.org/ns/default/sa/web",
+            csr(Some("spiffe://other.org/ns/default/sa/web")),
+            Some((Code::PermissionDenied, "other.org")),
+        ),
+        (
+            "empty CSR",
+            WEB,
+            Vec::new(),
+            Some((Code::InvalidArgument, "CSR")),
+        ),
+        (
+            "garbage CSR",
+            WEB,
+            b"not a csr".to_vec(),
+            Some((Code::InvalidArgument, "CSR")),
+        ),
+        (
+            "truncated CSR",
+            WEB,
+            csr(Some(WEB))[..40].to_vec(),
+            Some((Code::InvalidArgument, "CSR")),
+        ),
+        (
+            "CSR for another ID than requested",
+            WEB,
+            csr(Some("spiffe://cluster.local/ns/default/sa/db")),
+            Some((Code::PermissionDenied, "")),
+        ),
+        (
+            "CSR without a URI SAN",
+            WEB,
+            csr(None),
+            Some((Code::InvalidArgument, "URI SAN")),
+        ),
+        (
+            "CSR asking for a CA",
+            WEB,
+            ca_csr,
+            Some((Code::InvalidArgument, "CA")),
+        ),
+        (
+            "CSR with two URI SANs",
+            WEB,
+            two_uris,
+            Some((Code::InvalidArgument, "URI")),
+        ),
+        (
+            "CSR with a DNS name outside the entry",
+            WEB,
+            dns,
+            Some((Code::PermissionDenied, "evil.example.com")),
+        ),
+    ];
+    let results = SvidServiceClient::new(server.channel(Some((&node.0, &node.1))).await)
+        .sign_x509_svids(SignX509SvidsRequest {
+            requests: items
+                .iter()
+                .map(|(_, id, csr, _)| SvidRequest {
+                    spiffe_id: (*id).to_owned(),
+                    csr: csr.clone(),
+                    ttl_seconds: 0,
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), items.len());
+    let mut wrong = Vec::new();
+    for ((name, _, _, expected), result) in items.iter().zip(&results) {
+        match (expected, &result.result) {
+            (None, Some(ItemResult::Svid(_))) => {}
+            (Some((code, text)), Some(ItemResult::Error(e)))
+                if Code::from(e.code) == *code && e.message.contains(text) => {}
+            (_, got) => wrong.push(format!("{name}: expected {expected:?}, got {got:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Exactly the one good certificate was journaled; nothing else changed.
+    let journal_after = server.cli(&["audit", "list"]).unwrap().lines().count();
+    assert_eq!(journal_after, journal_before + 1);
+    assert_eq!(state(&server), before);
 }
