@@ -511,6 +511,10 @@ async fn a_banned_node_can_neither_renew_nor_sign_nor_watch_nor_attest_again() {
     assert!(again.message().contains("banned"), "{again:?}");
 }
 
+/// One item of a batch: its name, the SPIFFE ID asked for, the CSR, and the refusal expected
+/// (code, text in the message), `None` for a certificate.
+type BatchItem = (&'static str, &'static str, Vec<u8>, Option<(Code, &'static str)>);
+
 /// Every item of a `SignX509Svids` batch is judged on its own: each bad item gets its own
 /// precise status, the good item in the same batch is signed, and nothing else changes.
 #[tokio::test]
@@ -528,7 +532,7 @@ async fn each_bad_item_of_a_batch_gets_its_own_status_and_changes_nothing() {
     let dns = halyard_ca::testing::CsrSpec::for_id(WEB)
         .dns(&["evil.example.com"])
         .der();
-    let items: Vec<(&str, &str, Vec<u8>, Option<(Code, &str)>)> = vec![
+    let items: Vec<BatchItem> = vec![
         ("good", WEB, csr(Some(WEB)), None),
         (
             "not a SPIFFE ID",
