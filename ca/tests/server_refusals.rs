@@ -513,7 +513,12 @@ async fn a_banned_node_can_neither_renew_nor_sign_nor_watch_nor_attest_again() {
 
 /// One item of a batch: its name, the SPIFFE ID asked for, the CSR, and the refusal expected
 /// (code, text in the message), `None` for a certificate.
-type BatchItem = (&'static str, &'static str, Vec<u8>, Option<(Code, &'static str)>);
+type BatchItem = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    Option<(Code, &'static str)>,
+);
 
 /// Every item of a `SignX509Svids` batch is judged on its own: each bad item gets its own
 /// precise status, the good item in the same batch is signed, and nothing else changes.
