@@ -4,6 +4,7 @@ mod admin;
 mod audit;
 mod authority;
 mod ceremony;
+mod kubernetes;
 mod serve;
 
 use std::process::ExitCode;
@@ -53,6 +54,9 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Ask the running CA whether it is ready (admin socket); exit 0 when it is.
     Healthcheck(admin::AdminTarget),
+    /// Kubernetes: print the CRDs of Halyard's cert-manager issuers.
+    #[command(subcommand)]
+    Kube(kubernetes::KubeCommand),
 }
 
 impl Cli {
@@ -82,6 +86,7 @@ impl Cli {
             Command::Revoke(args) => runtime()?.block_on(args.run()),
             Command::Audit(command) => runtime()?.block_on(command.run()),
             Command::Healthcheck(target) => runtime()?.block_on(admin::healthcheck(target)),
+            Command::Kube(command) => command.run(),
         }
     }
 }

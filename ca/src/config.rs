@@ -1,5 +1,6 @@
 //! `halyard-ca serve` configuration: a TOML file, every key also a flag, and `--dev` defaults.
 
+mod kubernetes;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use halyard_proto::{TrustDomain, Ttl};
 use serde::Deserialize;
 
+pub use kubernetes::{KubernetesConfig, KubernetesFile};
 pub use upstream::{AwsPcaFile, Upstream};
 
 /// Why a configuration was refused: names the file (or flag), the key and why.
@@ -83,6 +85,8 @@ pub struct ConfigFile {
     pub upstream: Option<String>,
     /// AWS Private CA, for `upstream = "aws-pca"`.
     pub aws_pca: Option<AwsPcaFile>,
+    /// Kubernetes: service-account tokens, the cert-manager issuer.
+    pub kubernetes: Option<KubernetesFile>,
 }
 
 /// A complete, checked configuration.
@@ -124,6 +128,8 @@ pub struct Config {
     pub dev: bool,
     /// Where the intermediate comes from.
     pub upstream: Upstream,
+    /// Kubernetes, when enabled.
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 impl ConfigFile {
@@ -145,9 +151,13 @@ impl ConfigFile {
             (Some(file), Some(flags)) => Some(file.overlay(flags)),
             (file, flags) => flags.or(file),
         };
+        let kubernetes = match (self.kubernetes, over.kubernetes) {
+            (Some(file), Some(flags)) => Some(file.overlay(flags)),
+            (file, flags) => flags.or(file),
+        };
         macro_rules! pick {
             ($($field:ident),*) => {
-                ConfigFile { $($field: over.$field.or(self.$field),)* aws_pca }
+                ConfigFile { $($field: over.$field.or(self.$field),)* aws_pca, kubernetes }
             };
         }
         pick!(
@@ -233,6 +243,7 @@ impl ConfigFile {
             n => Ok(n),
         };
         let upstream = upstream::resolve(self.upstream.as_deref(), self.aws_pca, dev, &invalid)?;
+        let kubernetes = kubernetes::resolve(self.kubernetes, &invalid)?;
         let crl_base_url = match self.crl_base_url {
             Some(url)
                 if !(url.starts_with("http://") || url.starts_with("https://"))
@@ -247,6 +258,7 @@ impl ConfigFile {
         };
         Ok(Config {
             upstream,
+            kubernetes,
             crl_base_url,
             admin_socket: self
                 .admin_socket

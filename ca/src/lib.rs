@@ -9,6 +9,8 @@
 //! - [`upstream`] gets the intermediate signed by an upstream CA over the network (AWS Private
 //!   CA): key and CSR made here, the returned chain checked before use, calls rate-limited and
 //!   retried.
+//! - [`kube`] is Kubernetes: service-account token authentication (TokenReview) and the
+//!   cert-manager external issuer.
 //! - [`cli`] is the `halyard-ca` command line.
 
 pub mod api;
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod config;
 /// Key and certificate files (shared with the node agent).
 pub use halyard_proto::files;
+pub mod kube;
 pub mod server;
 pub mod store;
 pub mod upstream;

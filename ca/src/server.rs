@@ -27,6 +27,7 @@ use crate::authority::{Authority, Policy, certs_from_pem, verify_chain};
 use crate::ceremony::{self, CeremonyError, DataDir};
 use crate::config::{Config, Upstream};
 use crate::files;
+use crate::kube::{TokenPolicy, TokenReviewer};
 use crate::store::{Store, StoreError, StoreOptions};
 
 pub use authorities::{AuthoritySet, ChangeError, KnownAuthority, Prepared, RootRemoved};
@@ -68,6 +69,9 @@ pub enum ServerError {
     /// The upstream CA could not be reached or did not deliver a usable intermediate.
     #[error("upstream = \"aws-pca\": {0}")]
     Upstream(String),
+    /// Kubernetes is enabled but its API server cannot be configured.
+    #[error("[kubernetes]: {0}")]
+    Kubernetes(String),
 }
 
 /// The CA's shared state.
@@ -252,7 +256,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     if let Some(pca) = &ca.upstream {
         upstream::spawn_rotation(ca.clone(), pca.clone(), shutdown.clone());
     }
-    listen::serve(ca, shutdown).await
+    let tokens = match ca.config.kubernetes.clone() {
+        Some(kubernetes) => Some(start_kubernetes(&ca, kubernetes, &shutdown).await?),
+        None => None,
+    };
+    listen::serve(ca, tokens, shutdown).await
+}
+
+/// Connects to the API server, starts the cert-manager issuer when configured, and returns the
+/// token reviewer for the gRPC APIs.
+async fn start_kubernetes(
+    ca: &Arc<Ca>,
+    config: crate::config::KubernetesConfig,
+    shutdown: &CancellationToken,
+) -> Result<Arc<TokenReviewer>, ServerError> {
+    let client = crate::kube::connect(config.kubeconfig.as_deref())
+        .await
+        .map_err(ServerError::Kubernetes)?;
+    if config.cert_manager_issuer {
+        tokio::spawn(crate::kube::issuer::run(
+            client.clone(),
+            ca.clone(),
+            shutdown.clone(),
+        ));
+    }
+    Ok(Arc::new(TokenReviewer::new(
+        client,
+        ca.trust_domain().clone(),
+        TokenPolicy {
+            istio_audience: config.istio_audience,
+            node_audience: config.node_audience,
+            agent_service_accounts: config.agent_service_accounts,
+        },
+    )))
 }
 
 async fn open_store(config: &Config) -> Result<Store, ServerError> {

@@ -1,5 +1,6 @@
-//! `NodeService.Attest`: a join token (or, to renew, the current node SVID) and the agent's CSR
-//! for the node's X509-SVID and the trust bundle.
+//! `NodeService.Attest`: a join token, a Kubernetes projected service-account token (the node of
+//! the agent's pod), or, to renew, the current node SVID, and the agent's CSR for the node's
+//! X509-SVID and the trust bundle.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,21 +13,23 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::peer::caller_id;
-use super::status::{issue_status, store_status};
+use super::status::{issue_status, store_status, token_status};
 use super::svid_message;
 use crate::authority::{Csr, Grant};
+use crate::kube::TokenReviewer;
 use crate::server::Ca;
 use crate::store::{NodeRecord, StoreError};
 
 /// The node attestation service.
 pub struct NodeApi {
     ca: Arc<Ca>,
+    tokens: Option<Arc<TokenReviewer>>,
 }
 
 impl NodeApi {
-    /// The service over `ca`.
-    pub fn new(ca: Arc<Ca>) -> NodeApi {
-        NodeApi { ca }
+    /// The service over `ca`; `tokens` reviews service-account tokens when Kubernetes is enabled.
+    pub fn new(ca: Arc<Ca>, tokens: Option<Arc<TokenReviewer>>) -> NodeApi {
+        NodeApi { ca, tokens }
     }
 
     async fn attest(&self, request: Request<AttestRequest>) -> Result<AttestResponse, Status> {
@@ -50,10 +53,18 @@ impl NodeApi {
                     })?;
                 (name, "join_token")
             }
-            Some(Credential::ServiceAccountToken(_)) => {
-                return Err(Status::unimplemented(
-                    "Kubernetes service-account token attestation is not available yet; use a join token",
-                ));
+            Some(Credential::ServiceAccountToken(token)) => {
+                let tokens = self.tokens.as_ref().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "service-account token attestation needs Kubernetes enabled on the CA \
+                         ([kubernetes] enabled = true, or --kubernetes); use a join token",
+                    )
+                })?;
+                let name = tokens
+                    .agent_node(&token.into())
+                    .await
+                    .map_err(|e| token_status(&e))?;
+                (name, "k8s")
             }
             None => {
                 let id = peer.ok_or_else(|| {
@@ -141,3 +152,6 @@ pub(super) fn token_hash(token: &str) -> [u8; 32] {
     out.copy_from_slice(digest.as_ref());
     out
 }
+
+#[cfg(test)]
+mod tests;

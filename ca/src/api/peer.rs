@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use halyard_proto::{SpiffeId, validate_leaf};
+use secrecy::SecretString;
 use tonic::{Request, Status};
 
 use crate::authority::rfc3339;
@@ -51,4 +52,20 @@ pub(super) fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
 /// The caller's SPIFFE ID (see [`peer`]).
 pub(super) fn caller_id<T>(request: &Request<T>) -> Result<SpiffeId, Status> {
     peer(request).map(|peer| peer.id)
+}
+
+/// The token of an `authorization: Bearer <token>` header, if there is one. Errors never quote
+/// the header: it is a credential.
+pub(super) fn bearer_token<T>(request: &Request<T>) -> Result<Option<SecretString>, Status> {
+    let Some(value) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let malformed = || Status::unauthenticated("authorization header is not \"Bearer <token>\"");
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text.trim().split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(malformed());
+    }
+    Ok(Some(SecretString::from(token.to_owned())))
 }

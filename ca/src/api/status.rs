@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::authority::SignError;
+use crate::kube::TokenError;
 use crate::server::IssueError;
 use crate::store::StoreError;
 
@@ -33,4 +34,14 @@ pub(super) fn issue_code(err: &IssueError) -> Code {
 /// The status for a store failure outside issuing.
 pub(super) fn store_status(err: &StoreError) -> Status {
     Status::unavailable(format!("store: {err}"))
+}
+
+/// The status for a refused or unverifiable service-account token.
+pub(super) fn token_status(err: &TokenError) -> Status {
+    let code = match err {
+        TokenError::NotAnAgent(_) => Code::PermissionDenied,
+        TokenError::Api(_) => Code::Unavailable,
+        _ => Code::Unauthenticated,
+    };
+    Status::new(code, err.to_string())
 }

@@ -8,7 +8,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::config::{AwsPcaFile, ConfigFile};
+use crate::config::{AwsPcaFile, ConfigFile, KubernetesFile};
 use crate::upstream::{CaArn, SigningAlgorithm};
 
 /// `serve`'s flags: a config file or `--dev`, and any key of the file as a flag.
@@ -96,6 +96,26 @@ pub(super) struct ServeArgs {
     /// [aws_pca] extra_roots: a PEM file of further roots to trust (repeatable).
     #[arg(long = "aws-pca-extra-root")]
     aws_pca_extra_roots: Vec<PathBuf>,
+    /// [kubernetes] enabled: authenticate service-account tokens with TokenReview and run the
+    /// cert-manager issuer.
+    #[arg(long = "kubernetes")]
+    kubernetes: bool,
+    /// [kubernetes] istio_audience: audience of tokens on Istio's CSR API (default istio-ca).
+    #[arg(long = "kubernetes-istio-audience")]
+    kubernetes_istio_audience: Option<String>,
+    /// [kubernetes] node_audience: audience of node agents' tokens (default halyard-ca).
+    #[arg(long = "kubernetes-node-audience")]
+    kubernetes_node_audience: Option<String>,
+    /// [kubernetes] agent_service_accounts: NAMESPACE/NAME of the node agents' service account
+    /// (repeatable; default halyard/halyard-agent).
+    #[arg(long = "kubernetes-agent-service-account")]
+    kubernetes_agent_service_accounts: Vec<String>,
+    /// [kubernetes] kubeconfig: a kubeconfig file (default: in-cluster, else the usual one).
+    #[arg(long = "kubeconfig")]
+    kubeconfig: Option<PathBuf>,
+    /// [kubernetes] cert_manager_issuer: run the cert-manager issuer (default true).
+    #[arg(long = "kubernetes-cert-manager-issuer")]
+    kubernetes_cert_manager_issuer: Option<bool>,
 }
 
 impl ServeArgs {
@@ -121,6 +141,19 @@ impl ServeArgs {
             crl_base_url: self.crl_base_url.clone(),
             upstream: self.upstream.clone(),
             aws_pca: Some(self.aws_pca_flags()).filter(|table| !table.is_empty()),
+            kubernetes: Some(self.kubernetes_flags()).filter(|table| !table.is_empty()),
+        }
+    }
+
+    fn kubernetes_flags(&self) -> KubernetesFile {
+        KubernetesFile {
+            enabled: self.kubernetes.then_some(true),
+            istio_audience: self.kubernetes_istio_audience.clone(),
+            node_audience: self.kubernetes_node_audience.clone(),
+            agent_service_accounts: (!self.kubernetes_agent_service_accounts.is_empty())
+                .then(|| self.kubernetes_agent_service_accounts.clone()),
+            kubeconfig: self.kubeconfig.clone(),
+            cert_manager_issuer: self.kubernetes_cert_manager_issuer,
         }
     }
 

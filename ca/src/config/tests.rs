@@ -336,3 +336,103 @@ fn a_crl_base_url_must_be_http_and_loses_its_trailing_slash() {
         );
     }
 }
+
+#[test]
+fn kubernetes_is_off_unless_enabled_and_takes_defaults() {
+    let config = ConfigFile::default().resolve("flags", true).unwrap();
+    assert_eq!(config.kubernetes, None);
+
+    let flags = ConfigFile {
+        kubernetes: Some(KubernetesFile {
+            enabled: Some(true),
+            ..KubernetesFile::default()
+        }),
+        ..ConfigFile::default()
+    };
+    let config = flags.resolve("flags", true).unwrap();
+    assert_eq!(
+        config.kubernetes,
+        Some(KubernetesConfig {
+            istio_audience: "istio-ca".into(),
+            node_audience: "halyard-ca".into(),
+            agent_service_accounts: vec!["halyard/halyard-agent".into()],
+            kubeconfig: None,
+            cert_manager_issuer: true,
+        })
+    );
+}
+
+#[test]
+fn kubernetes_flags_fill_in_the_table() {
+    let file: ConfigFile = toml::from_str(
+        "trust_domain = \"td\"\ndata_dir = \"/d\"\n\n[kubernetes]\nistio_audience = \"mesh-ca\"\n\
+         agent_service_accounts = [\"kube-system/halyard\"]\n",
+    )
+    .unwrap();
+    // Keys without enabled = true would silently do nothing: refused, naming the key.
+    let err = file.clone().resolve("a.toml", false).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("a.toml: key kubernetes.enabled: is not set"),
+        "{err}"
+    );
+    let flags = ConfigFile {
+        kubernetes: Some(KubernetesFile {
+            enabled: Some(true),
+            cert_manager_issuer: Some(false),
+            ..KubernetesFile::default()
+        }),
+        ..ConfigFile::default()
+    };
+    let kubernetes = file
+        .overlay(flags)
+        .resolve("a.toml", false)
+        .unwrap()
+        .kubernetes
+        .unwrap();
+    assert_eq!(kubernetes.istio_audience, "mesh-ca");
+    assert_eq!(kubernetes.agent_service_accounts, ["kube-system/halyard"]);
+    assert!(!kubernetes.cert_manager_issuer);
+}
+
+#[test]
+fn bad_kubernetes_settings_name_the_key() {
+    for (table, key) in [
+        (
+            "agent_service_accounts = [\"halyard-agent\"]",
+            "kubernetes.agent_service_accounts",
+        ),
+        (
+            "agent_service_accounts = [\"Halyard/agent\"]",
+            "kubernetes.agent_service_accounts",
+        ),
+        ("istio_audience = \"\"", "kubernetes.istio_audience"),
+        ("node_audience = \"a b\"", "kubernetes.node_audience"),
+    ] {
+        let file: ConfigFile = toml::from_str(&format!(
+            "trust_domain = \"td\"\ndata_dir = \"/d\"\n[kubernetes]\nenabled = true\n{table}\n"
+        ))
+        .unwrap();
+        let err = file.resolve("a.toml", false).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!("a.toml: key {key}: ")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_commented_kubernetes_example_parses_once_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/halyard-ca.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# [kubernetes]").unwrap();
+    let uncommented: Vec<&str> = text[start..]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect();
+    let file: ConfigFile =
+        toml::from_str(&format!("{}{}", &text[..start], uncommented.join("\n"))).unwrap();
+    let kubernetes = file.resolve("example", false).unwrap().kubernetes.unwrap();
+    assert_eq!(kubernetes.node_audience, "halyard-ca");
+    assert_eq!(kubernetes.agent_service_accounts, ["halyard/halyard-agent"]);
+}

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{Ca, ServerError, http, tls};
 use crate::api::{AdminApi, IstioApi, NodeApi, SvidApi, TrustApi};
+use crate::kube::TokenReviewer;
 
 /// Largest gRPC message accepted: a batch of 256 CSRs is well under it.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -24,7 +25,11 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds every listener and serves until `shutdown` is cancelled.
-pub(super) async fn serve(ca: Arc<Ca>, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub(super) async fn serve(
+    ca: Arc<Ca>,
+    tokens: Option<Arc<TokenReviewer>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let config = ca.config().clone();
     let serving = tls::serving_cert(ca.clone(), shutdown.clone()).await?;
     let acceptor = TlsAcceptor::from(tls::server_config(&ca, serving)?);
@@ -68,7 +73,7 @@ pub(super) async fn serve(ca: Arc<Ca>, shutdown: CancellationToken) -> Result<()
         tokio::spawn(accept_tls(tcp, acceptor, tx, shutdown.clone()));
         tonic::transport::Server::builder()
             .add_service(
-                NodeServiceServer::new(NodeApi::new(ca.clone()))
+                NodeServiceServer::new(NodeApi::new(ca.clone(), tokens.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
@@ -80,7 +85,7 @@ pub(super) async fn serve(ca: Arc<Ca>, shutdown: CancellationToken) -> Result<()
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                IstioCertificateServiceServer::new(IstioApi::new(ca.clone()))
+                IstioCertificateServiceServer::new(IstioApi::new(ca.clone(), tokens))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(

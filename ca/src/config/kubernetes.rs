@@ -1,0 +1,135 @@
+//! The `[kubernetes]` table: service-account token authentication and the cert-manager issuer.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The `[kubernetes]` table as written: every key optional, so that flags can fill it in.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// Talk to Kubernetes (default false).
+    pub enabled: Option<bool>,
+    /// The audience of service-account tokens on Istio's CSR API; default `istio-ca`.
+    pub istio_audience: Option<String>,
+    /// The audience of node agents' projected tokens; default `halyard-ca`.
+    pub node_audience: Option<String>,
+    /// The service accounts of node agents, `namespace/name`; default `halyard/halyard-agent`.
+    /// Only these may attest nodes with a token: any pod can mint a token of any audience.
+    pub agent_service_accounts: Option<Vec<String>>,
+    /// A kubeconfig file; default: in-cluster, else the usual kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    /// Run the cert-manager external issuer (default true).
+    pub cert_manager_issuer: Option<bool>,
+}
+
+/// A checked `[kubernetes]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The audience of tokens on Istio's CSR API.
+    pub istio_audience: String,
+    /// The audience of node agents' tokens.
+    pub node_audience: String,
+    /// The node agents' service accounts, `namespace/name`.
+    pub agent_service_accounts: Vec<String>,
+    /// A kubeconfig file, if not in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Whether the cert-manager issuer runs.
+    pub cert_manager_issuer: bool,
+}
+
+impl KubernetesFile {
+    /// Whether no key is set (flags that name none).
+    pub fn is_empty(&self) -> bool {
+        *self == KubernetesFile::default()
+    }
+
+    /// `self` with every key that `over` sets replaced by `over`'s value.
+    pub fn overlay(self, over: KubernetesFile) -> KubernetesFile {
+        macro_rules! pick {
+            ($($field:ident),*) => { KubernetesFile { $($field: over.$field.or(self.$field)),* } };
+        }
+        pick!(
+            enabled,
+            istio_audience,
+            node_audience,
+            agent_service_accounts,
+            kubeconfig,
+            cert_manager_issuer
+        )
+    }
+}
+
+/// Resolves the `[kubernetes]` table: `None` when Kubernetes is off.
+pub(super) fn resolve(
+    table: Option<KubernetesFile>,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<Option<KubernetesConfig>, ConfigError> {
+    let Some(table) = table else {
+        return Ok(None);
+    };
+    match table.enabled {
+        Some(true) => {}
+        Some(false) => return Ok(None),
+        None => {
+            return Err(invalid(
+                "kubernetes.enabled",
+                "is not set, but other [kubernetes] keys are: set enabled = true (or --kubernetes) \
+                 to use them, or enabled = false"
+                    .into(),
+            ));
+        }
+    }
+    let audience = |key: &'static str, value: Option<String>, default: &str| match value {
+        Some(text) if text.is_empty() || text.contains(char::is_whitespace) => Err(invalid(
+            key,
+            format!("{text:?} is not an audience: a non-empty word without spaces"),
+        )),
+        Some(text) => Ok(text),
+        None => Ok(default.to_owned()),
+    };
+    let agent_service_accounts = table
+        .agent_service_accounts
+        .unwrap_or_else(|| vec!["halyard/halyard-agent".to_owned()]);
+    for account in &agent_service_accounts {
+        let valid = account.split_once('/').is_some_and(|(ns, name)| {
+            is_dns_label(ns)
+                && !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(is_dns_label)
+        });
+        if !valid {
+            return Err(invalid(
+                "kubernetes.agent_service_accounts",
+                format!("{account:?} is not namespace/name, e.g. halyard/halyard-agent"),
+            ));
+        }
+    }
+    Ok(Some(KubernetesConfig {
+        istio_audience: audience(
+            "kubernetes.istio_audience",
+            table.istio_audience,
+            "istio-ca",
+        )?,
+        node_audience: audience(
+            "kubernetes.node_audience",
+            table.node_audience,
+            "halyard-ca",
+        )?,
+        agent_service_accounts,
+        kubeconfig: table.kubeconfig,
+        cert_manager_issuer: table.cert_manager_issuer.unwrap_or(true),
+    }))
+}
+
+/// A Kubernetes namespace or name segment: an RFC 1123 label.
+fn is_dns_label(text: &str) -> bool {
+    (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
