@@ -27,3 +27,6 @@ pub mod upstream;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;

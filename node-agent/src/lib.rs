@@ -21,3 +21,6 @@ pub mod workload_api;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;

@@ -2,7 +2,10 @@
 //!
 //! Each function takes arbitrary bytes and panics if, and only if, a property is violated.
 
-use crate::{SpiffeId, TrustDomain};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::{SpiffeId, TrustBundle, TrustDomain};
 
 /// Asserts the parse properties of [`SpiffeId`] on arbitrary input.
 ///
@@ -55,6 +58,74 @@ pub fn spiffe_id_round_trip(data: &[u8]) {
     assert_eq!(SpiffeId::from_path(&td, path).as_ref(), Ok(&id));
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     assert_eq!(SpiffeId::from_segments(&td, &segments).as_ref(), Ok(&id));
+}
+
+/// Asserts the read/write properties of SPIFFE bundles ([`TrustBundle::from_spiffe_json`] and
+/// [`TrustBundle::to_spiffe_json`]) on arbitrary input.
+///
+/// When the input is accepted as a bundle `b`:
+/// - it is a JSON object whose `keys` array has one member per root of `b`, in order, and each
+///   root is the standard-base64 decoding of that member's one `x5c` entry, with `use` set to
+///   `x509-svid`;
+/// - `b` writes out, and what it writes reads back equal to `b` and writes out the same again
+///   (so `from(to(b)) == b` for every bundle the reader can produce).
+///
+/// A refusal must say why (a non-empty message).
+///
+/// # Panics
+///
+/// When any of those properties fails; never otherwise.
+pub fn bundle_json_round_trip(data: &[u8]) {
+    let td = match TrustDomain::new("example.org") {
+        Ok(td) => td,
+        Err(e) => panic!("the fixed trust domain does not parse: {e}"),
+    };
+    let bundle = match TrustBundle::from_spiffe_json(td.clone(), data) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "refusal without a message");
+            return;
+        }
+    };
+    assert_eq!(bundle.trust_domain(), &td);
+
+    let value: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(value) => value,
+        Err(e) => panic!("accepted input is not JSON: {e}"),
+    };
+    let keys = value["keys"].as_array().map_or(&[][..], Vec::as_slice);
+    assert_eq!(keys.len(), bundle.roots().len(), "one root per key");
+    for (key, root) in keys.iter().zip(bundle.roots()) {
+        assert_eq!(
+            key["use"], "x509-svid",
+            "accepted a key whose use is {}",
+            key["use"]
+        );
+        let x5c = key["x5c"].as_array().map_or(&[][..], Vec::as_slice);
+        assert_eq!(
+            x5c.len(),
+            1,
+            "accepted a key with {} x5c entries",
+            x5c.len()
+        );
+        let decoded = x5c[0].as_str().map(|b64| STANDARD.decode(b64));
+        assert_eq!(decoded, Some(Ok(root.clone())), "root is not its x5c entry");
+    }
+
+    let json = match bundle.to_spiffe_json() {
+        Ok(json) => json,
+        Err(e) => panic!("an accepted bundle does not write out: {e}"),
+    };
+    let again = match TrustBundle::from_spiffe_json(td, json.as_bytes()) {
+        Ok(again) => again,
+        Err(e) => panic!("what the bundle writes does not read back: {e}\n{json}"),
+    };
+    assert_eq!(again, bundle, "written and read back, the bundle changed");
+    assert_eq!(
+        again.to_spiffe_json().as_ref(),
+        Ok(&json),
+        "writing is not stable"
+    );
 }
 
 /// The SPIFFE-ID rules, written as plainly as possible to cross-check the parser.

@@ -98,6 +98,9 @@ pub struct RevokedEntry {
 impl Authority {
     /// A CRL listing `revoked`, valid from `now` until `now + validity`, numbered by `now` (so
     /// later CRLs have higher numbers, on any replica).
+    ///
+    /// Refused when a time in it lies outside the years 0 to 9999, which X.509 cannot write
+    /// (a revocation time read from a corrupt row, say).
     pub fn sign_crl(
         &self,
         revoked: &[RevokedEntry],
@@ -108,20 +111,35 @@ impl Authority {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let this_update = SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+        let next_update = this_update.checked_add(validity.max(Duration::from_secs(1)));
+        let out_of_range = |what: String| {
+            SignError::Sign(format!(
+                "{what} is outside the years 0 to 9999 that a CRL can hold"
+            ))
+        };
         let params = CertificateRevocationListParams {
-            this_update: OffsetDateTime::from(this_update),
-            next_update: OffsetDateTime::from(this_update + validity.max(Duration::from_secs(1))),
+            this_update: x509_time(this_update)
+                .ok_or_else(|| out_of_range(format!("this update ({seconds} unix seconds)")))?,
+            next_update: next_update.and_then(x509_time).ok_or_else(|| {
+                out_of_range(format!(
+                    "next update ({validity:?} after {seconds} unix seconds)"
+                ))
+            })?,
             crl_number: rcgen::SerialNumber::from_slice(&seconds.to_be_bytes()),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()
-                .map(|entry| RevokedCertParams {
-                    serial_number: entry.serial.to_rcgen(),
-                    revocation_time: OffsetDateTime::from(entry.revoked_at),
-                    reason_code: Some(entry.reason.to_rcgen()),
-                    invalidity_date: None,
+                .map(|entry| {
+                    Ok(RevokedCertParams {
+                        serial_number: entry.serial.to_rcgen(),
+                        revocation_time: x509_time(entry.revoked_at).ok_or_else(|| {
+                            out_of_range(format!("the revocation time of serial {}", entry.serial))
+                        })?,
+                        reason_code: Some(entry.reason.to_rcgen()),
+                        invalidity_date: None,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, SignError>>()?,
             key_identifier_method: KeyIdMethod::PreSpecified(self.key_id()),
         };
         params
@@ -129,6 +147,23 @@ impl Authority {
             .map(|crl| crl.der().to_vec())
             .map_err(|e| SignError::Sign(e.to_string()))
     }
+}
+
+/// `time` to the second, if X.509 can write it (a GeneralizedTime has years 0 to 9999; beyond
+/// them the encoder panics).
+fn x509_time(time: SystemTime) -> Option<OffsetDateTime> {
+    let secs = match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok()?,
+        Err(before) => {
+            let before = before.duration();
+            let secs = i64::try_from(before.as_secs()).ok()?;
+            // Rounded down, as truncating the nanoseconds of a date before 1970 does.
+            (-secs).checked_sub(i64::from(before.subsec_nanos() > 0))?
+        }
+    };
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .filter(|t| (0..=9999).contains(&t.year()))
 }
 
 #[cfg(test)]

@@ -184,10 +184,12 @@ impl Authority {
         // Whole seconds, as the certificate will hold them.
         let now = truncate_to_secs(now);
         let ttl = self.policy.grant_ttl(ttl);
+        // Backdated for clocks that run behind, but by at most a tenth of the lifetime, so that a
+        // short-lived certificate is not mostly spent before it is issued; in whole seconds, or
+        // the certificate (which drops the fraction) would say an earlier time than we return.
+        let backdate = self.policy.backdate.min(ttl.as_duration() / 10).as_secs();
         let validity = Validity {
-            // Backdated for clocks that run behind, but by at most a tenth of the lifetime, so
-            // that a short-lived certificate is not mostly spent before it is issued.
-            not_before: now - self.policy.backdate.min(ttl.as_duration() / 10),
+            not_before: now - Duration::from_secs(backdate),
             not_after: (now + ttl.as_duration()).min(self.not_after),
         };
         let serial = Serial::random().map_err(|_| SignError::Sign("no randomness".into()))?;

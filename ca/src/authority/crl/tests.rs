@@ -53,3 +53,34 @@ fn reasons_parse_by_their_rfc_names_and_refuse_others() {
         "{err}"
     );
 }
+
+#[test]
+fn a_time_a_crl_cannot_hold_is_refused_not_a_panic() {
+    let pki = TestPki::new("example.org");
+    let now = SystemTime::now();
+    let year_10000 = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+    let entry = |revoked_at| RevokedEntry {
+        serial: "0a0b".parse().unwrap(),
+        revoked_at,
+        reason: RevocationReason::KeyCompromise,
+    };
+    let err = pki
+        .authority
+        .sign_crl(&[entry(year_10000)], now, Duration::from_secs(600))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "signing failed: the revocation time of serial 0a0b is outside the years 0 to 9999 that a CRL can hold"
+    );
+    let last_second = year_10000 - Duration::from_secs(1);
+    assert!(
+        pki.authority
+            .sign_crl(&[entry(last_second)], now, Duration::from_secs(600))
+            .is_ok()
+    );
+    let err = pki
+        .authority
+        .sign_crl(&[], last_second, Duration::from_secs(600))
+        .unwrap_err();
+    assert!(err.to_string().contains("next update"), "{err}");
+}
