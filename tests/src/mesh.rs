@@ -9,7 +9,40 @@ use halyard_ca::testing::TestServer;
 use halyard_proto::SpiffeId;
 
 use crate::binaries;
-use crate::envoy::Envoy;
+use crate::envoy::{Credentials, Envoy, EnvoyConfig, SdsApi};
+
+/// Two Envoys taking their certificates from `agent`: a server (state-of-the-world SDS,
+/// accepting only the client's ID) and a client proxying to it (delta SDS, a new TLS handshake
+/// for every request), each running as its uid; returned once both show their first SVID
+/// (within `first_cert`).
+pub fn envoy_pair(
+    agent: &TestAgent,
+    (server_id, server_uid): (&SpiffeId, u32),
+    (client_id, client_uid): (&SpiffeId, u32),
+    first_cert: std::time::Duration,
+) -> (Envoy, Envoy) {
+    let sds = |api| Credentials::sds(&agent.socket(), api);
+    let server = Envoy::start(
+        &EnvoyConfig::server("server", std::slice::from_ref(client_id), sds(SdsApi::Grpc))
+            .run_as(server_uid, server_uid),
+    );
+    let client = Envoy::start(
+        &EnvoyConfig::client(
+            "client",
+            server.listen_addr(),
+            server_id,
+            sds(SdsApi::DeltaGrpc),
+        )
+        .run_as(client_uid, client_uid)
+        .handshake_per_request(),
+    );
+    for (envoy, spiffe_id) in [(&server, server_id), (&client, client_id)] {
+        envoy.wait_for_cert("its SVID", first_cert, |c| {
+            c.spiffe_id.as_ref() == Some(spiffe_id)
+        });
+    }
+    (server, client)
+}
 
 /// Starts `halyard-ca serve --dev` with `ca_flags`, registers each (SPIFFE ID, uid) for `node`
 /// (before the agent joins, so its first trust snapshot has them), then starts an agent joined as

@@ -22,9 +22,9 @@ use halyard_agent::testing::TestAgent;
 use halyard_ca::testing::{TestServer, key_id};
 use halyard_proto::SpiffeId;
 use halyard_tests::binaries;
-use halyard_tests::envoy::{Credentials, Envoy, EnvoyConfig, SdsApi};
+use halyard_tests::envoy::Envoy;
 use halyard_tests::mesh::{
-    active_authority, bare_serial, envoy_issuer, journal_issuers, start_ca_and_agent,
+    active_authority, bare_serial, envoy_issuer, envoy_pair, journal_issuers, start_ca_and_agent,
 };
 use halyard_tests::traffic;
 use halyard_tests::wait::wait_until;
@@ -63,26 +63,12 @@ impl Mesh {
             &[],
             &["--taint-spread", TAINT_SPREAD],
         );
-        let sds = |api| Credentials::sds(&agent.socket(), api);
-        let server = Envoy::start(
-            &EnvoyConfig::server("server", &[id(CLIENT)], sds(SdsApi::Grpc))
-                .run_as(SERVER_UID, SERVER_UID),
+        let (server, client) = envoy_pair(
+            &agent,
+            (&id(SERVER), SERVER_UID),
+            (&id(CLIENT), CLIENT_UID),
+            FIRST_CERT,
         );
-        let client = Envoy::start(
-            &EnvoyConfig::client(
-                "client",
-                server.listen_addr(),
-                &id(SERVER),
-                sds(SdsApi::DeltaGrpc),
-            )
-            .run_as(CLIENT_UID, CLIENT_UID)
-            .handshake_per_request(),
-        );
-        for (envoy, spiffe_id) in [(&server, SERVER), (&client, CLIENT)] {
-            envoy.wait_for_cert("its SVID", FIRST_CERT, |c| {
-                c.spiffe_id == Some(id(spiffe_id))
-            });
-        }
         Mesh {
             ca,
             agent,

@@ -28,9 +28,10 @@ use halyard_ca::testing::{
 };
 use halyard_proto::SpiffeId;
 use halyard_tests::binaries;
-use halyard_tests::envoy::{Credentials, Envoy, EnvoyConfig, SDS_CERTIFICATE, SdsApi};
+use halyard_tests::envoy::{Envoy, SDS_CERTIFICATE};
 use halyard_tests::mesh::{
-    active_authority, authorities, bare_serial, envoy_issuer, join_agent, journal_issuers,
+    active_authority, authorities, bare_serial, envoy_issuer, envoy_pair, join_agent,
+    journal_issuers,
 };
 use halyard_tests::traffic::under_traffic;
 use halyard_tests::wait::wait_until;
@@ -82,26 +83,12 @@ impl Mesh {
             &[],
         );
         let (ca, agent) = join_agent(ca, NODE, &[(SERVER, SERVER_UID), (CLIENT, CLIENT_UID)], &[]);
-        let sds = |api| Credentials::sds(&agent.socket(), api);
-        let server = Envoy::start(
-            &EnvoyConfig::server("server", &[id(CLIENT)], sds(SdsApi::Grpc))
-                .run_as(SERVER_UID, SERVER_UID),
+        let (server, client) = envoy_pair(
+            &agent,
+            (&id(SERVER), SERVER_UID),
+            (&id(CLIENT), CLIENT_UID),
+            FIRST_CERT,
         );
-        let client = Envoy::start(
-            &EnvoyConfig::client(
-                "client",
-                server.listen_addr(),
-                &id(SERVER),
-                sds(SdsApi::DeltaGrpc),
-            )
-            .run_as(CLIENT_UID, CLIENT_UID)
-            .handshake_per_request(),
-        );
-        for (envoy, spiffe_id) in [(&server, SERVER), (&client, CLIENT)] {
-            envoy.wait_for_cert("its SVID", FIRST_CERT, |c| {
-                c.spiffe_id == Some(id(spiffe_id))
-            });
-        }
         Mesh {
             moto,
             root,
