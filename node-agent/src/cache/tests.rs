@@ -297,3 +297,28 @@ async fn a_revoked_certificate_is_replaced_at_once() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(rx.borrow().svid.as_ref().unwrap().serial, second.serial);
 }
+
+#[tokio::test]
+async fn the_issuer_id_is_the_leafs_authority_key_identifier() {
+    let signer = LocalSigner::new(Duration::ZERO);
+    let cache = cache(signer, options(30));
+    let mut rx = cache.subscribe(&id(WEB)).await.unwrap();
+    let svid = next_svid(&mut rx).await;
+    // The intermediate's subject key identifier, read independently.
+    let (_, intermediate) = x509_parser::parse_x509_certificate(&svid.chain[1]).unwrap();
+    let ski = intermediate
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                Some(k.0.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(svid.issuer, ski);
+    assert_eq!(super::authority_key_id(&svid.chain[0]), ski);
+    // Not a certificate, or one without the extension: no id, never a panic.
+    assert_eq!(super::authority_key_id(b"not a certificate"), "");
+    assert_eq!(super::authority_key_id(&[]), "");
+}
