@@ -167,3 +167,34 @@ fn path_ok(path: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// For the seed-corpus tests of every crate: writes `files` into `dir` when
+/// `HALYARD_WRITE_SEEDS=1`; otherwise checks that every seed the code generates is in the
+/// committed corpus, so a seed list changed without regenerating fails. Regenerated DER seeds
+/// differ in bytes (fresh keys), so only names are compared.
+///
+/// # Panics
+///
+/// When a seed is missing or cannot be written: it is meant for tests.
+pub fn write_or_check_seeds(dir: &std::path::Path, files: &[(&str, Vec<u8>)]) {
+    if std::env::var("HALYARD_WRITE_SEEDS").as_deref() == Ok("1") {
+        for (name, data) in files {
+            if let Err(e) =
+                std::fs::create_dir_all(dir).and_then(|()| std::fs::write(dir.join(name), data))
+            {
+                panic!("cannot write seed {}: {e}", dir.join(name).display());
+            }
+        }
+        return;
+    }
+    let missing: Vec<&str> = files
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !dir.join(name).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seeds missing from {}: {missing:?}; regenerate with HALYARD_WRITE_SEEDS=1 (fuzz/README.md)",
+        dir.display()
+    );
+}

@@ -135,21 +135,16 @@ fn config_seeds_mean_what_their_names_say() {
     }
 }
 
-/// Writes the generated seed corpora (`csr_policy`, `grpc_requests`, `crl`; the `config` seeds
-/// are written by hand). Run after changing the seeds:
-/// `cargo test -p halyard-ca --lib fuzzing::tests::write_seed_corpora -- --ignored`
+/// The generated seed corpora (`csr_policy`, `grpc_requests`, `crl`; the `config` seeds are
+/// written by hand) are all committed; `HALYARD_WRITE_SEEDS=1` writes them instead:
+/// `HALYARD_WRITE_SEEDS=1 cargo test -p halyard-ca --lib fuzzing::tests::seed_corpora`
 #[test]
-#[ignore = "writes fuzz/corpus/{csr_policy,grpc_requests,crl}"]
-fn write_seed_corpora() {
+fn seed_corpora_are_committed() {
     for (target, files) in [
         ("csr_policy", seeds::csr_policy()),
         ("grpc_requests", seeds::grpc_requests()),
         ("crl", seeds::crl()),
     ] {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, data) in files {
-            std::fs::write(dir.join(name), data).unwrap();
-        }
+        halyard_proto::fuzzing::write_or_check_seeds(&corpus_dir(target), &files);
     }
 }

@@ -41,16 +41,11 @@ fn sds_request_corpus_replays() {
     );
 }
 
-/// Writes the seed corpus. Run after changing the seeds:
-/// `cargo test -p halyard-agent --lib fuzzing::tests::write_sds_request_seeds -- --ignored`
+/// The seed corpus is all committed; `HALYARD_WRITE_SEEDS=1` writes it instead:
+/// `HALYARD_WRITE_SEEDS=1 cargo test -p halyard-agent --lib fuzzing::tests::sds_request_seeds`
 #[test]
-#[ignore = "writes fuzz/corpus/sds_request"]
-fn write_sds_request_seeds() {
-    let dir = corpus_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in seeds() {
-        std::fs::write(dir.join(name), data).unwrap();
-    }
+fn sds_request_seeds_are_committed() {
+    halyard_proto::fuzzing::write_or_check_seeds(&corpus_dir(), &seeds());
 }
 
 const FETCH: u8 = 0;

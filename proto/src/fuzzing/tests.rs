@@ -95,17 +95,13 @@ fn corpus_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// Writes the bundle_json seed corpus. Run by hand after changing the seeds:
-/// `cargo test -p halyard-proto --lib fuzzing::tests::write_bundle_json_seeds -- --ignored`
-/// (the RSA root needs `openssl` on the PATH).
+/// The bundle_json seeds are all committed; `HALYARD_WRITE_SEEDS=1` writes them instead:
+/// `HALYARD_WRITE_SEEDS=1 cargo test -p halyard-proto --lib fuzzing::tests::bundle_json_seeds -- --ignored`
 #[test]
-#[ignore = "writes fuzz/corpus/bundle_json"]
-fn write_bundle_json_seeds() {
+#[ignore = "needs openssl (the RSA root): run via the README test command"]
+fn bundle_json_seeds_are_committed() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/bundle_json");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in bundle_json_seeds() {
-        std::fs::write(dir.join(name), data).unwrap();
-    }
+    super::write_or_check_seeds(&dir, &bundle_json_seeds());
 }
 
 fn bundle_json_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -240,4 +236,13 @@ fn openssl_rsa_root() -> Option<Vec<u8>> {
         .status()
         .ok()?;
     status.success().then(|| std::fs::read(out).unwrap())
+}
+
+#[test]
+#[should_panic(expected = "seeds missing from /nonexistent/halyard-seeds: [\"valid-one\"]")]
+fn a_seed_missing_from_the_corpus_fails_the_check() {
+    super::write_or_check_seeds(
+        Path::new("/nonexistent/halyard-seeds"),
+        &[("valid-one", b"x".to_vec())],
+    );
 }
