@@ -23,6 +23,8 @@ pub use policy::{Grant, KeyPolicy, Policy};
 pub use root::{RootCa, RootError, rfc3339};
 pub use serial::{Serial, SerialError};
 pub use signer::CaCertError;
+/// An authority's id from its certificate (for the audit, which has no key to build one).
+pub(crate) use signer::authority_id;
 
 /// Certificates parsed from PEM text, in order, as DER.
 pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {

@@ -106,7 +106,13 @@ async fn a_full_disk_stops_issuance_and_loses_nothing() {
     let store_url = format!("sqlite://{}", disk.path().join("halyard.db").display());
     let server = TestServer::start(
         Path::new(env!("CARGO_BIN_EXE_halyard-ca")),
-        &["--store-url", &store_url],
+        // Up to MAX_REQUESTS_WHILE_FULL for one identity: more than its default burst.
+        &[
+            "--store-url",
+            &store_url,
+            "--identity-rate-limit",
+            "4000000000",
+        ],
     );
     server.entry("worker-1", WEB);
     let node = server.attest_node("worker-1").await;
@@ -178,7 +184,8 @@ async fn a_full_disk_stops_issuance_and_loses_nothing() {
         missing.is_empty(),
         "handed out without a journal row: {missing:?}"
     );
-    let verify = audit(&["verify"]);
+    let bundle = server.data_dir().join("bundle.pem");
+    let verify = audit(&["verify", "--bundle", bundle.to_str().unwrap()]);
     assert!(verify.contains("journal intact"), "{verify}");
     eprintln!(
         "full disk: {} certificates issued before the first refusal ({}), issuance resumed once \

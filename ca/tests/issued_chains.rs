@@ -162,3 +162,45 @@ fn a_crl_distribution_point_is_added_only_when_configured() {
     )
     .unwrap();
 }
+
+/// A leaf signed just after its intermediate became valid is not backdated past the
+/// intermediate's start (an upstream such as AWS Private CA may not backdate intermediates),
+/// and still verifies under strict OpenSSL.
+#[test]
+fn a_leaf_never_starts_before_its_intermediate() {
+    let pki = TestPki::new("example.org");
+    let csr = Csr::parse(
+        &CsrSpec::for_id(ID).key(TestKey::EcP256).der(),
+        &KeyPolicy::default(),
+    )
+    .unwrap();
+    let grant = Grant::new(SpiffeId::new(ID).unwrap());
+    let start = pki.authority.not_before();
+    let svid = pki
+        .authority
+        .sign_svid(
+            &csr,
+            &grant,
+            None,
+            start + std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(
+        svid.not_before, start,
+        "clamped to the intermediate's notBefore"
+    );
+    let backdated = pki
+        .authority
+        .sign_svid(
+            &csr,
+            &grant,
+            None,
+            start + std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    assert!(backdated.not_before < start + std::time::Duration::from_secs(3600));
+    assert!(
+        backdated.not_before > start,
+        "an ordinary leaf is backdated, not clamped"
+    );
+}

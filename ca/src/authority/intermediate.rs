@@ -188,8 +188,10 @@ impl Authority {
         // short-lived certificate is not mostly spent before it is issued; in whole seconds, or
         // the certificate (which drops the fraction) would say an earlier time than we return.
         let backdate = self.policy.backdate.min(ttl.as_duration() / 10).as_secs();
+        // Never before the intermediate's own start: a leaf must lie within its issuer's
+        // validity (an upstream such as AWS Private CA may not backdate the intermediate).
         let validity = Validity {
-            not_before: now - Duration::from_secs(backdate),
+            not_before: (now - Duration::from_secs(backdate)).max(self.not_before),
             not_after: (now + ttl.as_duration()).min(self.not_after),
         };
         let serial = Serial::random().map_err(|_| SignError::Sign("no randomness".into()))?;
@@ -299,6 +301,11 @@ impl Authority {
     /// The intermediate and any upstream intermediates, DER, lowest first.
     pub fn chain(&self) -> &[Vec<u8>] {
         &self.chain
+    }
+
+    /// When the intermediate's validity starts.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
     }
 
     /// When the intermediate expires.

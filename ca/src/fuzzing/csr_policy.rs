@@ -228,6 +228,10 @@ pub(super) fn check_signing(csr: &Csr, grant: &Grant, ttl: Option<Ttl>) {
         svid.not_before <= now && now < svid.not_after,
         "not valid when issued"
     );
+    assert!(
+        svid.not_before >= authority.not_before(),
+        "starts before the intermediate"
+    );
     assert_eq!(leaf.not_after(), svid.not_after);
     assert_eq!(leaf.not_before(), svid.not_before);
 }
