@@ -10,7 +10,7 @@ mod svid;
 mod trust;
 
 pub use admin::AdminApi;
-pub use istio::IstioApi;
+pub use istio::{IMPERSONATED_IDENTITY, IstioApi};
 pub use node::NodeApi;
 pub use svid::SvidApi;
 pub use trust::TrustApi;

@@ -5,11 +5,16 @@
 //!   until the token expires.
 //! - [`issuer`] is the cert-manager external issuer: `HalyardIssuer` and `HalyardClusterIssuer`
 //!   sign `CertificateRequest`s through [`crate::server::Ca::issue`].
+//! - [`pods`] is the pod index: which service accounts run on which node, so that a node agent
+//!   (or ztunnel impersonating a workload) obtains only the identities of its own node's pods.
 //!
 //! Everything here talks to the API server through one [`kube::Client`], the seam at which
-//! tests put a mock API server.
+//! tests put a mock API server. Every call Halyard makes to it is listed in [`API_CALLS`]
+//! ([`api_calls`]), from which `deploy/`'s RBAC is checked.
 
+pub mod api_calls;
 pub mod issuer;
+pub mod pods;
 pub mod token_review;
 
 #[cfg(test)]
@@ -19,6 +24,8 @@ use std::path::Path;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+pub use api_calls::{API_CALLS, ApiCall, Component, Scope, When};
+pub use pods::{PodIndex, PodIndexError};
 pub use token_review::{ServiceAccount, TokenError, TokenPolicy, TokenReviewer};
 
 /// A client for the API server: from `kubeconfig` when given, else in-cluster (the pod's service

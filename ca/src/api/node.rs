@@ -1,6 +1,10 @@
 //! `NodeService.Attest`: a join token, a Kubernetes projected service-account token (the node of
 //! the agent's pod), or, to renew, the current node SVID, and the agent's CSR for the node's
 //! X509-SVID and the trust bundle.
+//!
+//! The node of a projected token is the one the TokenReview names (Kubernetes 1.30 and later),
+//! else the one the pod index places the token's pod on. A renewal keeps the method the node
+//! attested with: a Kubernetes node stays one, and a join-token node never becomes one.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,23 +17,41 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::peer::caller_id;
-use super::status::{issue_status, store_status, token_status};
+use super::status::{issue_status, pods_status, store_status, token_status};
 use super::svid_message;
 use crate::authority::{Csr, Grant};
-use crate::kube::TokenReviewer;
+use crate::kube::{PodIndex, PodIndexError, TokenError, TokenReviewer};
 use crate::server::Ca;
 use crate::store::{NodeRecord, StoreError};
+
+/// The attestation method of nodes attested by their agent's projected service-account token:
+/// only these are Kubernetes nodes, whose pods' identities they may obtain.
+pub(super) const KUBERNETES_METHOD: &str = "k8s";
 
 /// The node attestation service.
 pub struct NodeApi {
     ca: Arc<Ca>,
     tokens: Option<Arc<TokenReviewer>>,
+    pods: Option<Arc<PodIndex>>,
 }
 
 impl NodeApi {
     /// The service over `ca`; `tokens` reviews service-account tokens when Kubernetes is enabled.
     pub fn new(ca: Arc<Ca>, tokens: Option<Arc<TokenReviewer>>) -> NodeApi {
-        NodeApi { ca, tokens }
+        NodeApi {
+            ca,
+            tokens,
+            pods: None,
+        }
+    }
+
+    /// The same, finding the node of a token that names only its pod in `pods`.
+    #[must_use]
+    pub fn with_pods(self, pods: Arc<PodIndex>) -> NodeApi {
+        NodeApi {
+            pods: Some(pods),
+            ..self
+        }
     }
 
     async fn attest(&self, request: Request<AttestRequest>) -> Result<AttestResponse, Status> {
@@ -60,11 +82,25 @@ impl NodeApi {
                          ([kubernetes] enabled = true, or --kubernetes); use a join token",
                     )
                 })?;
-                let name = tokens
-                    .agent_node(&token.into())
+                let account = tokens
+                    .agent_account(&token.into())
                     .await
                     .map_err(|e| token_status(&e))?;
-                (name, "k8s")
+                let name = match (&account.node_name, &self.pods) {
+                    (Some(node), _) => node.clone(),
+                    (None, Some(pods)) => pods.node_of(&account).map_err(|e| match e {
+                        PodIndexError::Unbound { .. } => {
+                            token_status(&TokenError::NoNodeName(account.qualified_name()))
+                        }
+                        other => pods_status(&other),
+                    })?,
+                    (None, None) => {
+                        return Err(token_status(&TokenError::NoNodeName(
+                            account.qualified_name(),
+                        )));
+                    }
+                };
+                (name, KUBERNETES_METHOD)
             }
             None => {
                 let id = peer.ok_or_else(|| {
@@ -82,6 +118,11 @@ impl NodeApi {
         if record.as_ref().is_some_and(|r| r.banned) {
             return Err(Status::permission_denied(format!("node {name} is banned")));
         }
+        // A renewal is no attestation: the node remains what it attested as.
+        let method = match (&record, method) {
+            (Some(record), "renewal") => record.method.clone(),
+            (_, method) => method.to_owned(),
+        };
         let id: SpiffeId = ca
             .node_id(&name)
             .map_err(|e| Status::internal(format!("node name {name:?}: {e}")))?;
@@ -108,12 +149,12 @@ impl NodeApi {
                 serial: svid.serial.to_string(),
                 not_after: svid.not_after,
                 attested_at: now,
-                method: method.to_owned(),
+                method: method.clone(),
                 banned: false,
             })
             .await
             .map_err(|e| store_status(&e))?;
-        info!(node = %name, method, serial = %svid.serial, "node attested");
+        info!(node = %name, method = %method, serial = %svid.serial, "node attested");
         Ok(AttestResponse {
             svid: Some(svid_message(&svid)),
             bundle: Some(bundle_message(ca)),

@@ -1,4 +1,5 @@
-//! The `[kubernetes]` table: service-account token authentication and the cert-manager issuer.
+//! The `[kubernetes]` table: service-account token authentication, the pod index (node
+//! authorization, ztunnel impersonation) and the cert-manager issuer.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,10 @@ pub struct KubernetesFile {
     /// The service accounts of node agents, `namespace/name`; default `halyard/halyard-agent`.
     /// Only these may attest nodes with a token: any pod can mint a token of any audience.
     pub agent_service_accounts: Option<Vec<String>>,
+    /// The service accounts of ztunnel, `namespace/name`; default `istio-system/ztunnel` (what
+    /// Istio trusts, `CA_TRUSTED_NODE_ACCOUNTS`). Only these may ask Istio's CSR API for another
+    /// identity (`ImpersonatedIdentity`), and only for pods of their own node; `[]` allows none.
+    pub ztunnel_service_accounts: Option<Vec<String>>,
     /// A kubeconfig file; default: in-cluster, else the usual kubeconfig.
     pub kubeconfig: Option<PathBuf>,
     /// Run the cert-manager external issuer (default true).
@@ -34,6 +39,8 @@ pub struct KubernetesConfig {
     pub node_audience: String,
     /// The node agents' service accounts, `namespace/name`.
     pub agent_service_accounts: Vec<String>,
+    /// ztunnel's service accounts, `namespace/name`: they may impersonate their node's pods.
+    pub ztunnel_service_accounts: Vec<String>,
     /// A kubeconfig file, if not in-cluster.
     pub kubeconfig: Option<PathBuf>,
     /// Whether the cert-manager issuer runs.
@@ -56,6 +63,7 @@ impl KubernetesFile {
             istio_audience,
             node_audience,
             agent_service_accounts,
+            ztunnel_service_accounts,
             kubeconfig,
             cert_manager_issuer
         )
@@ -90,23 +98,26 @@ pub(super) fn resolve(
         Some(text) => Ok(text),
         None => Ok(default.to_owned()),
     };
-    let agent_service_accounts = table
-        .agent_service_accounts
-        .unwrap_or_else(|| vec!["halyard/halyard-agent".to_owned()]);
-    for account in &agent_service_accounts {
-        let valid = account.split_once('/').is_some_and(|(ns, name)| {
-            is_dns_label(ns)
-                && !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(is_dns_label)
-        });
-        if !valid {
-            return Err(invalid(
-                "kubernetes.agent_service_accounts",
-                format!("{account:?} is not namespace/name, e.g. halyard/halyard-agent"),
-            ));
+    let accounts = |key: &'static str, value: Option<Vec<String>>, default: &str| {
+        let accounts = value.unwrap_or_else(|| vec![default.to_owned()]);
+        match accounts.iter().find(|account| !is_service_account(account)) {
+            Some(bad) => Err(invalid(
+                key,
+                format!("{bad:?} is not namespace/name, e.g. {default}"),
+            )),
+            None => Ok(accounts),
         }
-    }
+    };
+    let agent_service_accounts = accounts(
+        "kubernetes.agent_service_accounts",
+        table.agent_service_accounts,
+        "halyard/halyard-agent",
+    )?;
+    let ztunnel_service_accounts = accounts(
+        "kubernetes.ztunnel_service_accounts",
+        table.ztunnel_service_accounts,
+        "istio-system/ztunnel",
+    )?;
     Ok(Some(KubernetesConfig {
         istio_audience: audience(
             "kubernetes.istio_audience",
@@ -119,9 +130,20 @@ pub(super) fn resolve(
             "halyard-ca",
         )?,
         agent_service_accounts,
+        ztunnel_service_accounts,
         kubeconfig: table.kubeconfig,
         cert_manager_issuer: table.cert_manager_issuer.unwrap_or(true),
     }))
+}
+
+/// `namespace/name` of a service account.
+fn is_service_account(account: &str) -> bool {
+    account.split_once('/').is_some_and(|(ns, name)| {
+        is_dns_label(ns)
+            && !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(is_dns_label)
+    })
 }
 
 /// A Kubernetes namespace or name segment: an RFC 1123 label.

@@ -1,6 +1,11 @@
 //! A mock Kubernetes API server at the `kube::Client` seam (tower-test, as kube-rs documents): a
 //! handler answers every request from its method and path, and every request is recorded so
 //! that a test can say which calls were made. Also a CA in a temporary directory to sign with.
+//!
+//! The mock is an API server whose RBAC is exactly [`crate::kube::API_CALLS`]: a request that no
+//! entry of the table covers is answered `403 Forbidden`, and the test fails when the mock is
+//! dropped, naming the call. So code that makes a new kind of call cannot pass its tests until
+//! the call is in the table, and through it in `deploy/`'s RBAC.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,18 +33,36 @@ pub(crate) struct Call {
 /// What the mock answers: a status code and a JSON body.
 pub(crate) type Answer = (u16, Value);
 
+/// A watch the mock answers as it goes: each value received is one event line of the response
+/// (`{"type": "ADDED", "object": {…}}`), which ends when the sender is dropped.
+pub(crate) type WatchEvents = tokio::sync::mpsc::UnboundedReceiver<Value>;
+
 /// A mock API server and a client connected to it.
 pub(crate) struct MockApi {
     client: kube::Client,
     calls: Arc<Mutex<Vec<Call>>>,
+    /// Calls that no entry of `API_CALLS` covers, described.
+    unlisted: Arc<Mutex<Vec<String>>>,
 }
 
 impl MockApi {
     /// A mock server answering each call with `handler`.
     pub(crate) fn new(handler: impl Fn(&Call) -> Answer + Send + 'static) -> MockApi {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        MockApi::with_watches(handler, |_| None)
+    }
+
+    /// A mock server answering each call for which `watches` gives events with a streamed
+    /// watch response of those events, and every other call with `handler`.
+    pub(crate) fn with_watches(
+        handler: impl Fn(&Call) -> Answer + Send + 'static,
+        watches: impl Fn(&Call) -> Option<WatchEvents> + Send + 'static,
+    ) -> MockApi {
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<Body>, Response<axum::body::Body>>();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let recorded = calls.clone();
+        let unlisted = Arc::new(Mutex::new(Vec::new()));
+        let refused = unlisted.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
@@ -54,13 +77,28 @@ impl MockApi {
                         serde_json::from_slice(&bytes).unwrap()
                     },
                 };
-                let (status, answer) = handler(&call);
+                let not_in_table = unlisted_call(&call);
+                if let Some(why) = &not_in_table {
+                    refused.lock().unwrap().push(why.clone());
+                }
+                let watch = not_in_table.is_none().then(|| watches(&call)).flatten();
+                let (status, body) = match watch {
+                    Some(events) => (200, watch_body(events)),
+                    None => {
+                        let (status, answer) = match &not_in_table {
+                            Some(why) => forbidden(why),
+                            None => handler(&call),
+                        };
+                        let json = serde_json::to_vec(&answer).unwrap();
+                        (status, axum::body::Body::from(json))
+                    }
+                };
                 recorded.lock().unwrap().push(call);
                 respond.send_response(
                     Response::builder()
                         .status(status)
                         .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .body(body)
                         .unwrap(),
                 );
             }
@@ -68,6 +106,7 @@ impl MockApi {
         MockApi {
             client: kube::Client::new(service, "default"),
             calls,
+            unlisted,
         }
     }
 
@@ -88,6 +127,71 @@ impl MockApi {
             .filter(|call| call.method == method && call.path.ends_with(suffix))
             .collect()
     }
+}
+
+/// A watch response body: one JSON line per event, ending when the sender is dropped.
+fn watch_body(events: WatchEvents) -> axum::body::Body {
+    use tokio_stream::StreamExt;
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(events).map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))
+    });
+    axum::body::Body::from_stream(lines)
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        let unlisted = self
+            .unlisted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !unlisted.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the code under test made Kubernetes API calls that no entry of \
+                 halyard_ca::kube::API_CALLS covers (add one, and deploy/'s RBAC follows): \
+                 {unlisted:#?}"
+            );
+        }
+    }
+}
+
+/// Why `call` is not one the table allows, or `None` when it is (or is discovery, which every
+/// authenticated client may read).
+fn unlisted_call(call: &Call) -> Option<String> {
+    use crate::kube::api_calls::{Component, RequestInfo, covering};
+    let segments: Vec<&str> = call.path.trim_matches('/').split('/').collect();
+    // `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`.
+    let discovery = match segments.as_slice() {
+        ["version"] => true,
+        ["api", rest @ ..] => rest.len() <= 1,
+        ["apis", rest @ ..] => rest.len() <= 2,
+        _ => false,
+    };
+    if call.method == "GET" && discovery {
+        return None;
+    }
+    match RequestInfo::parse(&call.method, &call.path, &call.query) {
+        Ok(request) if covering(Component::Ca, &request).is_some() => None,
+        Ok(request) => Some(format!("{} {}: {request}", call.method, call.path)),
+        Err(why) => Some(format!("{} {}: {why}", call.method, call.path)),
+    }
+}
+
+/// The API server's answer to a call its RBAC does not allow.
+fn forbidden(why: &str) -> Answer {
+    (
+        403,
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("forbidden: not in halyard_ca::kube::API_CALLS: {why}"),
+            "reason": "Forbidden",
+            "code": 403,
+        }),
+    )
 }
 
 /// The API server's answer for an object that does not exist.

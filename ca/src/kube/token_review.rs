@@ -32,7 +32,9 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The `extra` key under which the API server names the node of the pod a token is bound to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// The `extra` key naming the pod a token is bound to.
-const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The `extra` key with the uid of the pod a token is bound to.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Why a token was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,8 @@ pub struct ServiceAccount {
     pub node_name: Option<String>,
     /// The pod the token is bound to, when it is bound to one.
     pub pod_name: Option<String>,
+    /// That pod's uid, when the API server gives it.
+    pub pod_uid: Option<String>,
 }
 
 impl ServiceAccount {
@@ -153,6 +157,16 @@ impl TokenReviewer {
     /// The node of a node agent that presented `token` (audience [`TokenPolicy::node_audience`]): the
     /// token must belong to one of the agent's service accounts and be bound to a pod on a node.
     pub async fn agent_node(&self, token: &SecretString) -> Result<String, TokenError> {
+        let account = self.agent_account(token).await?;
+        let qualified = account.qualified_name();
+        account.node_name.ok_or(TokenError::NoNodeName(qualified))
+    }
+
+    /// The agent's service account that presented `token` (audience
+    /// [`TokenPolicy::node_audience`]), with the pod and node the token is bound to as far as
+    /// the API server names them (before Kubernetes 1.30 only the pod: see
+    /// [`crate::kube::PodIndex::node_of`]).
+    pub async fn agent_account(&self, token: &SecretString) -> Result<ServiceAccount, TokenError> {
         let account = self
             .review(token, &self.policy.node_audience, SystemTime::now())
             .await?;
@@ -160,7 +174,7 @@ impl TokenReviewer {
         if !self.policy.agent_service_accounts.contains(&qualified) {
             return Err(TokenError::NotAnAgent(qualified));
         }
-        account.node_name.ok_or(TokenError::NoNodeName(qualified))
+        Ok(account)
     }
 
     /// The service account `token` authenticates for `audience`, as of `now`: from the cache
@@ -296,6 +310,7 @@ impl TokenReviewer {
         let mut account = service_account(&username, &self.trust_domain)?;
         account.node_name = first(NODE_NAME_EXTRA);
         account.pod_name = first(POD_NAME_EXTRA);
+        account.pod_uid = first(POD_UID_EXTRA);
         Ok(account)
     }
 }
@@ -327,6 +342,7 @@ pub fn service_account(
         spiffe_id,
         node_name: None,
         pod_name: None,
+        pod_uid: None,
     })
 }
 

@@ -109,3 +109,102 @@ async fn a_bearer_token_without_kubernetes_is_refused_saying_so() {
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("--kubernetes"), "{}", err.message());
 }
+
+const ZTUNNEL: &str = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+const ZTUNNEL_ACCOUNT: &str = "system:serviceaccount:istio-system:ztunnel";
+
+fn impersonating(
+    id: &str,
+    authorization: &str,
+    impersonated: prost_types::value::Kind,
+) -> Request<IstioCertificateRequest> {
+    let mut request = csr_for(id, authorization);
+    request.get_mut().metadata = Some(prost_types::Struct {
+        fields: [(
+            IMPERSONATED_IDENTITY.to_owned(),
+            prost_types::Value {
+                kind: Some(impersonated),
+            },
+        )]
+        .into(),
+    });
+    request
+}
+
+fn string(text: &str) -> prost_types::value::Kind {
+    prost_types::value::Kind::StringValue(text.to_owned())
+}
+
+/// An index that has listed one pod: `apps/web` on node-1.
+fn pods() -> Arc<crate::kube::PodIndex> {
+    use kube::runtime::watcher::Event;
+    let index = crate::kube::PodIndex::new();
+    index.apply(Event::Init);
+    index.apply(Event::InitApply(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "apps"},
+            "spec": {"containers": [], "serviceAccountName": "web", "nodeName": "node-1"},
+        }))
+        .unwrap(),
+    ));
+    index.apply(Event::InitDone);
+    Arc::new(index)
+}
+
+#[tokio::test]
+async fn impersonation_without_kubernetes_or_by_mtls_is_refused_saying_so() {
+    let api = token_review_api();
+    let (ca, _dir) = dev_ca().await;
+    let token = sa_token(ZTUNNEL_ACCOUNT, &["istio-ca"], Some("node-1"), None);
+    let istio = IstioApi::new(ca.clone(), Some(Arc::new(reviewer(&api))));
+    let err = istio
+        .create_certificate(impersonating(WEB, &bearer(&token), string(WEB)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message()
+            .contains("kubernetes.ztunnel_service_accounts"),
+        "{}",
+        err.message()
+    );
+
+    // The same ztunnel, trusted, on the pod's node: allowed.
+    let istio = IstioApi::new(ca, Some(Arc::new(reviewer(&api))))
+        .with_impersonation(pods(), vec!["istio-system/ztunnel".into()]);
+    istio
+        .create_certificate(impersonating(WEB, &bearer(&token), string(WEB)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_impersonated_identity_must_be_a_spiffe_id_string() {
+    let api = token_review_api();
+    let (ca, _dir) = dev_ca().await;
+    let istio = IstioApi::new(ca, Some(Arc::new(reviewer(&api))))
+        .with_impersonation(pods(), vec!["istio-system/ztunnel".into()]);
+    let token = sa_token(ZTUNNEL_ACCOUNT, &["istio-ca"], Some("node-1"), None);
+    for (value, message) in [
+        (
+            prost_types::value::Kind::NumberValue(7.0),
+            "metadata ImpersonatedIdentity is not a string",
+        ),
+        (
+            string("web"),
+            "metadata ImpersonatedIdentity \"web\" is not a SPIFFE ID",
+        ),
+    ] {
+        let err = istio
+            .create_certificate(impersonating(WEB, &bearer(&token), value))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(message), "{}", err.message());
+    }
+    // An empty one names none, as in istiod: the caller's own identity.
+    istio
+        .create_certificate(impersonating(ZTUNNEL, &bearer(&token), string("")))
+        .await
+        .unwrap();
+}
