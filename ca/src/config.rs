@@ -76,6 +76,11 @@ pub struct ConfigFile {
     pub max_in_flight: Option<usize>,
     /// Certificates per second each node may request (burst: twice that).
     pub node_rate_limit: Option<u32>,
+    /// Certificates per MINUTE each SPIFFE ID may be issued, across every node and API.
+    pub identity_rate_limit: Option<u32>,
+    /// Certificates one SPIFFE ID may be issued at once (the bucket's size): replicas sharing a
+    /// service account share its budget, so this must cover a rollout.
+    pub identity_rate_burst: Option<u32>,
     /// How long journal rows of expired certificates are kept.
     pub journal_retention: Option<String>,
     /// When set, leaves carry a CRL distribution point `<this>/<authority>.crl`: the CA's
@@ -120,12 +125,19 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Certificates per second per node.
     pub node_rate_limit: u32,
+    /// Certificates per minute per SPIFFE ID.
+    pub identity_rate_limit: u32,
+    /// Certificates per SPIFFE ID at once.
+    pub identity_rate_burst: u32,
     /// Journal retention after expiry.
     pub journal_retention: Ttl,
     /// The CRL distribution point base put in leaves, if any.
     pub crl_base_url: Option<String>,
     /// Development mode: a root is made in the data directory and signs the intermediate.
     pub dev: bool,
+    /// Whether every certificate is journaled before it is handed out. Always true, except in
+    /// a `--dev` CA started with `--unjournaled-for-benchmarks` to measure what the journal costs.
+    pub journal: bool,
     /// Where the intermediate comes from.
     pub upstream: Upstream,
     /// Kubernetes, when enabled.
@@ -175,6 +187,8 @@ impl ConfigFile {
             max_batch,
             max_in_flight,
             node_rate_limit,
+            identity_rate_limit,
+            identity_rate_burst,
             journal_retention,
             crl_base_url,
             upstream
@@ -242,6 +256,11 @@ impl ConfigFile {
             0 => Err(invalid(key, "must be at least 1".into())),
             n => Ok(n),
         };
+        let positive_u32 =
+            |key: &'static str, value: Option<u32>, default: u32| match value.unwrap_or(default) {
+                0 => Err(invalid(key, "must be at least 1".into())),
+                n => Ok(n),
+            };
         let upstream = upstream::resolve(self.upstream.as_deref(), self.aws_pca, dev, &invalid)?;
         let kubernetes = kubernetes::resolve(self.kubernetes, &invalid)?;
         let crl_base_url = match self.crl_base_url {
@@ -275,21 +294,36 @@ impl ConfigFile {
             journal_retention: ttl("journal_retention", self.journal_retention, "30d")?,
             max_batch: positive("max_batch", self.max_batch, 256)?,
             max_in_flight: positive("max_in_flight", self.max_in_flight, 1024)?,
-            node_rate_limit: u32::try_from(positive(
-                "node_rate_limit",
-                self.node_rate_limit.map(|n| n as usize),
-                500,
-            )?)
-            .unwrap_or(u32::MAX),
+            node_rate_limit: positive_u32("node_rate_limit", self.node_rate_limit, 500)?,
+            identity_rate_limit: positive_u32(
+                "identity_rate_limit",
+                self.identity_rate_limit,
+                DEFAULT_IDENTITY_RATE_LIMIT,
+            )?,
+            identity_rate_burst: positive_u32(
+                "identity_rate_burst",
+                self.identity_rate_burst,
+                DEFAULT_IDENTITY_RATE_BURST,
+            )?,
             trust_domain,
             data_dir,
             store_url,
             default_ttl,
             max_ttl,
             dev,
+            journal: true,
         })
     }
 }
+
+/// Certificates per minute per SPIFFE ID by default. A pod renews its certificate a few times an
+/// hour at most; every replica of a deployment shares its service account's ID, so the budget is
+/// the deployment's: 60 a minute sustains 1,800 replicas on 1 h certificates renewed at half life.
+pub const DEFAULT_IDENTITY_RATE_LIMIT: u32 = 60;
+
+/// Certificates one SPIFFE ID may be issued at once by default: a rollout of 1,000 replicas
+/// sharing one service account, all starting together, is not refused.
+pub const DEFAULT_IDENTITY_RATE_BURST: u32 = 1000;
 
 fn parse_addr(text: &str) -> SocketAddr {
     // The defaults above are literals that parse.

@@ -372,6 +372,97 @@ async fn signing_refuses_big_batches_fast_nodes_and_non_nodes() {
 }
 
 #[tokio::test]
+async fn an_identity_over_its_rate_is_refused_on_every_node_and_api_while_others_are_served() {
+    use halyard_proto::api::ca::SvidResult;
+    use halyard_proto::api::istio_auth::IstioCertificateRequest;
+    use halyard_proto::api::istio_auth::istio_certificate_service_client::IstioCertificateServiceClient;
+    use tonic::transport::Channel;
+
+    const API: &str = "spiffe://cluster.local/ns/default/sa/api";
+    // One a minute, three at once: nothing refills during the test.
+    let server = server(&["--identity-rate-limit", "1", "--identity-rate-burst", "3"]);
+    server.entry("worker-1", WEB);
+    server.entry("worker-1", API);
+    server.entry("worker-2", WEB);
+    let worker_1 = server.attest_node("worker-1").await;
+    let worker_2 = server.attest_node("worker-2").await;
+    let svids_1 = SvidServiceClient::new(server.channel(Some((&worker_1.0, &worker_1.1))).await);
+    let svids_2 = SvidServiceClient::new(server.channel(Some((&worker_2.0, &worker_2.1))).await);
+    let refusal = |id: &str| {
+        format!(
+            "{id} is over its per-identity rate limit of 1 certificates per minute (burst 3); \
+             retry with backoff"
+        )
+    };
+    let exhausted = |id: &str| Err((Code::ResourceExhausted, refusal(id)));
+    let sign = |client: &SvidServiceClient<Channel>, ids: &[&str]| {
+        let requests = ids
+            .iter()
+            .map(|id| SvidRequest {
+                spiffe_id: (*id).into(),
+                csr: key_and_csr(Some(id)).1,
+                ttl_seconds: 0,
+            })
+            .collect();
+        let mut client = client.clone();
+        async move {
+            let results: Vec<SvidResult> = client
+                .sign_x509_svids(SignX509SvidsRequest { requests })
+                .await
+                .unwrap()
+                .into_inner()
+                .results;
+            results
+                .into_iter()
+                .map(|r| match r.result.unwrap() {
+                    ItemResult::Svid(_) => Ok(()),
+                    ItemResult::Error(e) => Err((Code::from(e.code), e.message)),
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // web's burst of three (one kept, to call the Istio API with)...
+    let web = server.workload_svid((&worker_1.0, &worker_1.1), WEB).await;
+    assert_eq!(sign(&svids_1, &[WEB, WEB]).await, [Ok(()), Ok(())]);
+    // ...then web is refused beside api served, in one batch;
+    assert_eq!(sign(&svids_1, &[WEB, API]).await, [exhausted(WEB), Ok(())]);
+    // the budget is web's, whichever node asks (worker-2's own is untouched)...
+    assert_eq!(sign(&svids_2, &[WEB]).await, [exhausted(WEB)]);
+    // ...and whichever API: web renewing itself through Istio's is refused too.
+    let (_, csr) = key_and_csr(Some(WEB));
+    let err = IstioCertificateServiceClient::new(server.channel(Some((&web.0, &web.1))).await)
+        .create_certificate(IstioCertificateRequest {
+            csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr)),
+            subject_id: String::new(),
+            validity_duration: 0,
+            metadata: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::ResourceExhausted, refusal(WEB).as_str())
+    );
+    // api still gets its own three, then it too is refused.
+    assert_eq!(sign(&svids_1, &[API, API]).await, [Ok(()), Ok(())]);
+    assert_eq!(sign(&svids_1, &[API]).await, [exhausted(API)]);
+
+    // Refusals write nothing: each has exactly its three journal rows.
+    let rows = |id: &str| {
+        server
+            .cli(&["audit", "list", "--spiffe-id", id])
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(id))
+            .count()
+    };
+    assert_eq!((rows(WEB), rows(API)), (3, 3));
+    let verify = server.cli(&["audit", "verify"]).unwrap();
+    assert!(verify.contains("journal intact"), "{verify}");
+}
+
+#[tokio::test]
 async fn a_workload_svid_cannot_act_as_a_node() {
     let server = server(&[]);
     server.entry("worker-1", WEB);

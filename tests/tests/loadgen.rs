@@ -27,7 +27,12 @@ fn loadgen(ca: &TestServer, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn the_load_generator_drives_both_apis_without_errors() {
-    let ca = TestServer::start(&binaries::halyard_ca(), &[]);
+    // Each run signs hundreds a second for one workload identity: far over its per-identity
+    // rate (60 a minute) and, on a faster machine, over its burst too. Lift it.
+    let ca = TestServer::start(
+        &binaries::halyard_ca(),
+        &["--identity-rate-limit", "4000000000"],
+    );
     for args in [
         &["--api", "svids", "--batch", "1"][..],
         &["--api", "svids", "--batch", "16"],

@@ -3,7 +3,7 @@
 use tonic::{Code, Status};
 
 use crate::authority::SignError;
-use crate::kube::TokenError;
+use crate::kube::{PodIndexError, TokenError};
 use crate::server::IssueError;
 use crate::store::StoreError;
 
@@ -26,7 +26,9 @@ pub(super) fn issue_code(err: &IssueError) -> Code {
             SignError::Sign(_) => Code::Internal,
             _ => Code::InvalidArgument,
         },
-        IssueError::Busy(_) | IssueError::RateLimited { .. } => Code::ResourceExhausted,
+        IssueError::Busy(_)
+        | IssueError::RateLimited { .. }
+        | IssueError::IdentityRateLimited { .. } => Code::ResourceExhausted,
         IssueError::Journal(_) => Code::Unavailable,
     }
 }
@@ -42,6 +44,16 @@ pub(super) fn token_status(err: &TokenError) -> Status {
         TokenError::NotAnAgent(_) => Code::PermissionDenied,
         TokenError::Api(_) => Code::Unavailable,
         _ => Code::Unauthenticated,
+    };
+    Status::new(code, err.to_string())
+}
+
+/// The status when the pod index cannot authorize: UNAVAILABLE until it has listed the pods,
+/// PERMISSION_DENIED when the pod it is asked about runs on no node it knows.
+pub(super) fn pods_status(err: &PodIndexError) -> Status {
+    let code = match err {
+        PodIndexError::NotReady => Code::Unavailable,
+        _ => Code::PermissionDenied,
     };
     Status::new(code, err.to_string())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{AwsPcaFile, ConfigFile, KubernetesFile};
 use crate::upstream::{CaArn, SigningAlgorithm};
@@ -21,6 +21,10 @@ pub(super) struct ServeArgs {
     /// (the root key stays there: never for a real trust domain), listens on 127.0.0.1.
     #[arg(long)]
     dev: bool,
+    /// Benchmarks only: hand certificates out without journaling them, to measure what the
+    /// journal costs. Needs --dev; never for a CA anyone trusts.
+    #[arg(long, hide = true, requires = "dev")]
+    unjournaled_for_benchmarks: bool,
     /// Trust domain served.
     #[arg(long)]
     trust_domain: Option<String>,
@@ -63,6 +67,12 @@ pub(super) struct ServeArgs {
     /// Certificates per second per node.
     #[arg(long)]
     node_rate_limit: Option<u32>,
+    /// Certificates per MINUTE per SPIFFE ID, across every node and API (default 60).
+    #[arg(long)]
+    identity_rate_limit: Option<u32>,
+    /// Certificates one SPIFFE ID may be issued at once (default 1000).
+    #[arg(long)]
+    identity_rate_burst: Option<u32>,
     /// Journal retention after expiry.
     #[arg(long)]
     journal_retention: Option<String>,
@@ -110,6 +120,10 @@ pub(super) struct ServeArgs {
     /// (repeatable; default halyard/halyard-agent).
     #[arg(long = "kubernetes-agent-service-account")]
     kubernetes_agent_service_accounts: Vec<String>,
+    /// [kubernetes] ztunnel_service_accounts: NAMESPACE/NAME of ztunnel's service account, which
+    /// may impersonate the pods of its node (repeatable; default istio-system/ztunnel).
+    #[arg(long = "kubernetes-ztunnel-service-account")]
+    kubernetes_ztunnel_service_accounts: Vec<String>,
     /// [kubernetes] kubeconfig: a kubeconfig file (default: in-cluster, else the usual one).
     #[arg(long = "kubeconfig")]
     kubeconfig: Option<PathBuf>,
@@ -137,6 +151,8 @@ impl ServeArgs {
             max_batch: self.max_batch,
             max_in_flight: self.max_in_flight,
             node_rate_limit: self.node_rate_limit,
+            identity_rate_limit: self.identity_rate_limit,
+            identity_rate_burst: self.identity_rate_burst,
             journal_retention: self.journal_retention.clone(),
             crl_base_url: self.crl_base_url.clone(),
             upstream: self.upstream.clone(),
@@ -152,6 +168,8 @@ impl ServeArgs {
             node_audience: self.kubernetes_node_audience.clone(),
             agent_service_accounts: (!self.kubernetes_agent_service_accounts.is_empty())
                 .then(|| self.kubernetes_agent_service_accounts.clone()),
+            ztunnel_service_accounts: (!self.kubernetes_ztunnel_service_accounts.is_empty())
+                .then(|| self.kubernetes_ztunnel_service_accounts.clone()),
             kubeconfig: self.kubeconfig.clone(),
             cert_manager_issuer: self.kubernetes_cert_manager_issuer,
         }
@@ -179,10 +197,14 @@ impl ServeArgs {
             ),
             None => (ConfigFile::default(), "flags".to_owned()),
         };
-        let config = file
+        let mut config = file
             .overlay(self.flags())
             .resolve(&source, self.dev)
             .map_err(|e| e.to_string())?;
+        if self.unjournaled_for_benchmarks {
+            warn!("--unjournaled-for-benchmarks: certificates are NOT journaled (benchmarks only)");
+            config.journal = false;
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -356,6 +356,7 @@ fn kubernetes_is_off_unless_enabled_and_takes_defaults() {
             istio_audience: "istio-ca".into(),
             node_audience: "halyard-ca".into(),
             agent_service_accounts: vec!["halyard/halyard-agent".into()],
+            ztunnel_service_accounts: vec!["istio-system/ztunnel".into()],
             kubeconfig: None,
             cert_manager_issuer: true,
         })
@@ -406,6 +407,10 @@ fn bad_kubernetes_settings_name_the_key() {
             "agent_service_accounts = [\"Halyard/agent\"]",
             "kubernetes.agent_service_accounts",
         ),
+        (
+            "ztunnel_service_accounts = [\"istio-system/ztunnel\", \"ztunnel\"]",
+            "kubernetes.ztunnel_service_accounts",
+        ),
         ("istio_audience = \"\"", "kubernetes.istio_audience"),
         ("node_audience = \"a b\"", "kubernetes.node_audience"),
     ] {
@@ -435,4 +440,90 @@ fn the_commented_kubernetes_example_parses_once_uncommented() {
     let kubernetes = file.resolve("example", false).unwrap().kubernetes.unwrap();
     assert_eq!(kubernetes.node_audience, "halyard-ca");
     assert_eq!(kubernetes.agent_service_accounts, ["halyard/halyard-agent"]);
+    assert_eq!(
+        kubernetes.ztunnel_service_accounts,
+        ["istio-system/ztunnel"]
+    );
+}
+
+#[test]
+fn identity_rate_limit_has_defaults_a_file_key_and_refuses_zero() {
+    let config = ConfigFile::default().resolve("flags", true).unwrap();
+    assert_eq!(
+        (config.identity_rate_limit, config.identity_rate_burst),
+        (DEFAULT_IDENTITY_RATE_LIMIT, DEFAULT_IDENTITY_RATE_BURST)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("halyard-ca.toml");
+    std::fs::write(
+        &path,
+        "trust_domain = \"td\"\ndata_dir = \"/d\"\nidentity_rate_limit = 5\nidentity_rate_burst = 200\n",
+    )
+    .unwrap();
+    let file = ConfigFile::read(&path).unwrap();
+    let config = file.clone().resolve("halyard-ca.toml", false).unwrap();
+    assert_eq!(
+        (config.identity_rate_limit, config.identity_rate_burst),
+        (5, 200)
+    );
+    let flags = ConfigFile {
+        identity_rate_limit: Some(7),
+        ..ConfigFile::default()
+    };
+    let config = file.overlay(flags).resolve("flags", false).unwrap();
+    assert_eq!(
+        (config.identity_rate_limit, config.identity_rate_burst),
+        (7, 200)
+    );
+
+    for key in ["identity_rate_limit", "identity_rate_burst"] {
+        std::fs::write(
+            &path,
+            format!("trust_domain = \"td\"\ndata_dir = \"/d\"\n{key} = 0\n"),
+        )
+        .unwrap();
+        let err = ConfigFile::read(&path)
+            .unwrap()
+            .resolve("halyard-ca.toml", false)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("halyard-ca.toml: key {key}: must be at least 1")
+        );
+        std::fs::write(
+            &path,
+            format!("trust_domain = \"td\"\ndata_dir = \"/d\"\n{key} = -1\n"),
+        )
+        .unwrap();
+        let err = ConfigFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn ztunnel_accounts_come_from_the_file_or_flags_and_may_be_none() {
+    let file: ConfigFile = toml::from_str(
+        "trust_domain = \"td\"\ndata_dir = \"/d\"\n[kubernetes]\nenabled = true\n\
+         ztunnel_service_accounts = []\n",
+    )
+    .unwrap();
+    let kubernetes = file.clone().resolve("a.toml", false).unwrap().kubernetes;
+    assert_eq!(
+        kubernetes.unwrap().ztunnel_service_accounts,
+        Vec::<String>::new(),
+        "[] turns impersonation off"
+    );
+    let flags = ConfigFile {
+        kubernetes: Some(KubernetesFile {
+            ztunnel_service_accounts: Some(vec!["mesh/ztunnel".into()]),
+            ..KubernetesFile::default()
+        }),
+        ..ConfigFile::default()
+    };
+    let kubernetes = file.overlay(flags).resolve("a.toml", false).unwrap();
+    assert_eq!(
+        kubernetes.kubernetes.unwrap().ztunnel_service_accounts,
+        ["mesh/ztunnel"]
+    );
 }

@@ -103,6 +103,7 @@ fn check_resolved(file: &ConfigFile, config: &Config, dev: bool) {
         assert_eq!(config.max_in_flight, n);
     }
     assert!(config.max_batch >= 1 && config.max_in_flight >= 1 && config.node_rate_limit >= 1);
+    assert!(config.identity_rate_limit >= 1 && config.identity_rate_burst >= 1);
     assert!(
         config.default_ttl <= config.max_ttl,
         "default TTL {} exceeds the maximum {}",

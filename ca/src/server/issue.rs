@@ -6,6 +6,7 @@ use halyard_proto::Ttl;
 use tracing::{debug, warn};
 
 use super::Ca;
+use super::limits::Spent;
 use crate::authority::{Csr, CsrError, Grant, IssuedSvid, SignError};
 use crate::store::{IssuedRecord, StoreError};
 
@@ -32,6 +33,19 @@ pub enum IssueError {
         /// Its budget.
         rate: u32,
     },
+    /// The SPIFFE ID's rate budget is spent, whoever asks for it.
+    #[error(
+        "{spiffe_id} is over its per-identity rate limit of {per_minute} certificates per minute \
+         (burst {burst}); retry with backoff"
+    )]
+    IdentityRateLimited {
+        /// The identity.
+        spiffe_id: String,
+        /// Its sustained budget.
+        per_minute: u32,
+        /// What it may take at once.
+        burst: u32,
+    },
     /// The journal could not record the certificate, so it was not handed out.
     #[error("not issued: the journal could not record it: {0}")]
     Journal(#[from] StoreError),
@@ -40,7 +54,9 @@ pub enum IssueError {
 impl Ca {
     /// Signs `csr_der` for `grant` and returns the certificate only once its journal row is
     /// durable. `caller` names who asked (e.g. `node:worker-1`) for the journal; `rate_key`, when
-    /// set, is charged against the per-node rate limit.
+    /// set, is charged against the per-node rate limit. Every identity but the CA's own (its
+    /// serving certificate, which must never be refused) is charged against the per-identity
+    /// rate limit, whichever API and caller ask for it.
     pub async fn issue(
         &self,
         csr_der: &[u8],
@@ -50,13 +66,26 @@ impl Ca {
         rate_key: Option<&str>,
     ) -> Result<IssuedSvid, IssueError> {
         let started = Instant::now();
-        if let Some(node) = rate_key
-            && !self.limits.take(node, 1, started)
+        let identity = grant.spiffe_id.as_str();
+        let own = self.own_id().is_ok_and(|own| own.as_str() == identity);
+        match self
+            .limits
+            .take(rate_key, (!own).then_some(identity), started)
         {
-            return Err(IssueError::RateLimited {
-                caller: caller.to_owned(),
-                rate: self.config.node_rate_limit,
-            });
+            Ok(()) => {}
+            Err(Spent::Node) => {
+                return Err(IssueError::RateLimited {
+                    caller: caller.to_owned(),
+                    rate: self.config.node_rate_limit,
+                });
+            }
+            Err(Spent::Identity) => {
+                return Err(IssueError::IdentityRateLimited {
+                    spiffe_id: identity.to_owned(),
+                    per_minute: self.config.identity_rate_limit,
+                    burst: self.config.identity_rate_burst,
+                });
+            }
         }
         let _slot = self
             .limits
@@ -74,7 +103,9 @@ impl Ca {
             not_after: svid.not_after,
             der_sha256: sha256(&svid.leaf),
         };
-        if let Err(e) = self.store.record_issued(record).await {
+        if self.config.journal
+            && let Err(e) = self.store.record_issued(record).await
+        {
             warn!(serial = %svid.serial, error = %e, "journal refused a row; certificate withheld");
             return Err(e.into());
         }

@@ -1,6 +1,5 @@
 //! The listeners: gRPC over TLS, the admin socket and HTTP, all stopped by one token.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -9,15 +8,15 @@ use halyard_proto::api::ca::node_service_server::NodeServiceServer;
 use halyard_proto::api::ca::svid_service_server::SvidServiceServer;
 use halyard_proto::api::ca::trust_service_server::TrustServiceServer;
 use halyard_proto::api::istio_auth::istio_certificate_service_server::IstioCertificateServiceServer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::InterceptorLayer;
 use tracing::{debug, info, warn};
 
-use super::{Ca, ServerError, http, tls};
+use super::{Ca, KubeAuth, ServerError, admin_socket, http, tls};
 use crate::api::{AdminApi, IstioApi, NodeApi, SvidApi, TrustApi};
-use crate::kube::TokenReviewer;
 
 /// Largest gRPC message accepted: a batch of 256 CSRs is well under it.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -27,7 +26,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Binds every listener and serves until `shutdown` is cancelled.
 pub(super) async fn serve(
     ca: Arc<Ca>,
-    tokens: Option<Arc<TokenReviewer>>,
+    kubernetes: Option<KubeAuth>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let config = ca.config().clone();
@@ -41,7 +40,13 @@ pub(super) async fn serve(
             addr: config.grpc_listen.to_string(),
             source,
         })?;
-    let admin = bind_admin_socket(&config.admin_socket)?;
+    let admin_error = |source| ServerError::Listen {
+        what: "admin socket",
+        addr: config.admin_socket.display().to_string(),
+        source,
+    };
+    let owner = admin_socket::OwnerOnly::new(admin_socket::own_uid().await.map_err(admin_error)?);
+    let admin = admin_socket::bind(&config.admin_socket).map_err(admin_error)?;
     let http = TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -68,24 +73,27 @@ pub(super) async fn serve(
 
     spawn_housekeeping(ca.clone(), shutdown.clone());
 
+    let tokens = kubernetes.as_ref().map(|k| k.tokens.clone());
+    let mut nodes = NodeApi::new(ca.clone(), tokens.clone());
+    let mut svids = SvidApi::new(ca.clone());
+    let mut istio = IstioApi::new(ca.clone(), tokens);
+    if let Some(kubernetes) = kubernetes {
+        nodes = nodes.with_pods(kubernetes.pods.clone());
+        svids = svids.with_pods(kubernetes.pods.clone());
+        istio = istio.with_impersonation(kubernetes.pods, kubernetes.ztunnel_service_accounts);
+    }
     let grpc = {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(accept_tls(tcp, acceptor, tx, shutdown.clone()));
         tonic::transport::Server::builder()
-            .add_service(
-                NodeServiceServer::new(NodeApi::new(ca.clone(), tokens.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                SvidServiceServer::new(SvidApi::new(ca.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
+            .add_service(NodeServiceServer::new(nodes).max_decoding_message_size(MAX_MESSAGE_BYTES))
+            .add_service(SvidServiceServer::new(svids).max_decoding_message_size(MAX_MESSAGE_BYTES))
             .add_service(
                 TrustServiceServer::new(TrustApi::new(ca.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                IstioCertificateServiceServer::new(IstioApi::new(ca.clone(), tokens))
+                IstioCertificateServiceServer::new(istio)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
@@ -94,6 +102,7 @@ pub(super) async fn serve(
             )
     };
     let admin = tonic::transport::Server::builder()
+        .layer(InterceptorLayer::new(move |request| owner.check(request)))
         .add_service(AdminServiceServer::new(AdminApi::new(ca.clone())))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(admin),
@@ -154,27 +163,6 @@ async fn accept_tls(
             }
         });
     }
-}
-
-/// Binds the admin socket owner-only, replacing a stale socket file left by a crash.
-fn bind_admin_socket(path: &std::path::Path) -> Result<UnixListener, ServerError> {
-    let err = |source| ServerError::Listen {
-        what: "admin socket",
-        addr: path.display().to_string(),
-        source,
-    };
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another halyard-ca is serving this admin socket",
-            )));
-        }
-        std::fs::remove_file(path).map_err(err)?;
-    }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(listener)
 }
 
 /// Background chores: journal pruning and journal metrics.

@@ -66,6 +66,7 @@ impl Store {
         .bind(i64::from(node.banned))
         .execute(self.pool())
         .await?;
+        self.node_written();
         Ok(())
     }
 
@@ -101,6 +102,7 @@ impl Store {
             .await?;
         let banned = result.rows_affected() > 0;
         if banned {
+            self.node_written();
             self.entries_changed();
         }
         Ok(banned)

@@ -1,0 +1,100 @@
+//! What a signing request needs to know about its node — its record (banned? how it attested)
+//! and its registration entries — kept between requests, so that the hot path does not read the
+//! store twice for every certificate.
+//!
+//! A cached answer is dropped as soon as:
+//! - an entry is created or deleted, or a node banned, here or (PostgreSQL) on another replica:
+//!   the store's entries feed, which `LISTEN`/`NOTIFY` carries between replicas;
+//! - any node record is written here (an attestation or renewal changes how a node attested);
+//! - it is [`MAX_AGE`] old, which bounds what a missed notification can leave behind.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::store::{Entry, EntryScope, NodeRecord, Store, StoreError};
+
+/// The longest a cached answer is used.
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Nodes remembered at most; past it the cache starts over (a bound, not a policy).
+const MAX_NODES: usize = 65_536;
+
+/// A node's record (`None`: it never attested) and its entries.
+#[derive(Clone)]
+pub(crate) struct NodeAuthorization {
+    pub(crate) record: Option<NodeRecord>,
+    pub(crate) entries: Arc<Vec<Entry>>,
+}
+
+struct Cached {
+    /// The entries feed's and the local node writes' counts when it was read.
+    versions: (u64, u64),
+    at: Instant,
+    value: NodeAuthorization,
+}
+
+pub(crate) struct NodeCache {
+    entries_feed: watch::Receiver<u64>,
+    nodes: Mutex<HashMap<String, Cached>>,
+    max_age: Duration,
+}
+
+impl NodeCache {
+    pub(crate) fn new(store: &Store) -> NodeCache {
+        NodeCache::with_max_age(store, MAX_AGE)
+    }
+
+    fn with_max_age(store: &Store, max_age: Duration) -> NodeCache {
+        NodeCache {
+            entries_feed: store.subscribe_entries(),
+            nodes: Mutex::new(HashMap::new()),
+            max_age,
+        }
+    }
+
+    /// `name`'s record and entries, from the cache when nothing has changed since they were read.
+    pub(crate) async fn get(
+        &self,
+        store: &Store,
+        name: &str,
+    ) -> Result<NodeAuthorization, StoreError> {
+        // Read before the store: a change committed while we read makes this copy stale at once.
+        let versions = (*self.entries_feed.borrow(), store.node_writes());
+        let now = Instant::now();
+        if let Some(cached) = self.lock().get(name)
+            && cached.versions == versions
+            && now.saturating_duration_since(cached.at) < self.max_age
+        {
+            return Ok(cached.value.clone());
+        }
+        let record = store.node(name).await?;
+        let entries = Arc::new(store.entries(EntryScope::ForNode(name.to_owned())).await?);
+        let value = NodeAuthorization { record, entries };
+        let mut nodes = self.lock();
+        if nodes.len() >= MAX_NODES {
+            nodes.clear();
+        }
+        nodes.insert(
+            name.to_owned(),
+            Cached {
+                versions,
+                at: now,
+                value: value.clone(),
+            },
+        );
+        Ok(value)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        // The map holds only copies of stored rows: a panic elsewhere cannot leave it wrong.
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests;
