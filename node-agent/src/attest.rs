@@ -2,13 +2,17 @@
 //! identities those selectors entitle it to.
 //!
 //! The [`Attestor`] trait is the seam: [`UnixAttestor`] reads the kernel's peer credentials;
-//! a Kubernetes attestor (pod → selectors) plugs in beside it.
+//! [`KubernetesAttestor`] adds the pod and container the caller runs in ([`cgroup`] finds them
+//! from its cgroups, a watch on the API server describes them).
 
+pub mod cgroup;
+pub mod k8s;
 mod unix;
 
 use halyard_proto::SpiffeId;
 use halyard_proto::api::ca::Entry;
 
+pub use k8s::{ApiServerPods, KubernetesAttestor, PodSource};
 pub use unix::UnixAttestor;
 
 /// The caller at the other end of a socket connection, as the kernel reports it.
@@ -37,12 +41,46 @@ pub enum AttestError {
         /// What changed.
         reason: String,
     },
+    /// The caller's cgroups place it in a container that cannot be trusted as one.
+    #[error("process {pid}: {reason}")]
+    Cgroup {
+        /// The pid.
+        pid: i32,
+        /// What is wrong with its cgroups.
+        reason: String,
+    },
+    /// The caller runs in a pod container that this node's pods do not show (yet): a pod
+    /// this new may not have reached the agent, or its status may not name the container yet.
+    #[error(
+        "process {pid} runs in {container}, which no pod of node {node} shows after waiting {waited_secs} s: {detail}"
+    )]
+    PodUnknown {
+        /// The pid.
+        pid: i32,
+        /// The container, as its cgroups name it.
+        container: String,
+        /// This node.
+        node: String,
+        /// How long the attestor waited for it.
+        waited_secs: u64,
+        /// What was found instead.
+        detail: String,
+    },
 }
 
 /// Turns a caller into selectors, e.g. `unix:uid:1000`.
+#[tonic::async_trait]
 pub trait Attestor: Send + Sync + 'static {
-    /// The selectors that describe `workload`.
-    fn selectors(&self, workload: &Workload) -> Result<Vec<String>, AttestError>;
+    /// The selectors that describe `workload`. May wait a little for what it needs (a pod the
+    /// agent has not heard of yet).
+    async fn selectors(&self, workload: &Workload) -> Result<Vec<String>, AttestError>;
+
+    /// The identities a workload with `selectors` holds without any registration entry: none,
+    /// unless the attestor says otherwise (in Kubernetes mode, its pod's service account).
+    fn implied_identities(&self, selectors: &[String]) -> Vec<SpiffeId> {
+        let _ = selectors;
+        Vec::new()
+    }
 }
 
 /// The SPIFFE IDs a workload with `selectors` may hold: those of every entry whose selectors it

@@ -6,7 +6,7 @@ use halyard_proto::SpiffeId;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
-use crate::attest::{Attestor, Workload, entitled};
+use crate::attest::{AttestError, Attestor, Workload, entitled};
 use crate::cache::TrustState;
 
 /// Who is calling, attested.
@@ -16,37 +16,56 @@ pub struct Caller {
     pub workload: Workload,
     /// What the attestor says of it.
     pub selectors: Vec<String>,
+    /// Identities it holds without a registration entry (its pod's, in Kubernetes mode).
+    pub implied: Vec<SpiffeId>,
 }
 
 impl Caller {
-    /// Attests the caller of `request` with `attestor`.
-    pub fn of<T>(request: &Request<T>, attestor: &dyn Attestor) -> Result<Caller, Status> {
-        let cred = request
+    /// Attests the caller of `request` with `attestor`. The credentials are read now; the
+    /// returned future does not hold on to the request.
+    pub fn of<'a, T>(
+        request: &Request<T>,
+        attestor: &'a dyn Attestor,
+    ) -> impl Future<Output = Result<Caller, Status>> + Send + use<'a, T> {
+        let workload = request
             .extensions()
             .get::<UdsConnectInfo>()
             .and_then(|info| info.peer_cred)
-            .ok_or_else(|| {
+            .map(|cred| Workload {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            });
+        async move {
+            let workload = workload.ok_or_else(|| {
                 Status::unauthenticated(
                     "the caller's credentials are unknown: connect over the agent's unix socket",
                 )
             })?;
-        let workload = Workload {
-            pid: cred.pid(),
-            uid: cred.uid(),
-            gid: cred.gid(),
-        };
-        let selectors = attestor
-            .selectors(&workload)
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
-        Ok(Caller {
-            workload,
-            selectors,
-        })
+            let selectors = attestor
+                .selectors(&workload)
+                .await
+                .map_err(|e| attest_status(&e))?;
+            let implied = attestor.implied_identities(&selectors);
+            Ok(Caller {
+                workload,
+                selectors,
+                implied,
+            })
+        }
     }
 
-    /// The identities this caller may hold under `trust`'s entries.
+    /// The identities this caller may hold under `trust`'s entries: first those its
+    /// attestation implies (its pod's service account in Kubernetes mode), then those of the
+    /// entries that match its selectors.
     pub fn identities(&self, trust: &TrustState) -> Vec<SpiffeId> {
-        entitled(&trust.entries, &self.selectors)
+        let mut ids = self.implied.clone();
+        for id in entitled(&trust.entries, &self.selectors) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     /// A refusal naming the caller, for when it may hold nothing (or not `what`).
@@ -60,6 +79,15 @@ impl Caller {
                 .map_or(String::new(), |p| format!(" pid {p}")),
             self.selectors.join(", ")
         ))
+    }
+}
+
+/// The status a caller sees when it cannot be attested: a pod the agent has not seen yet is
+/// worth retrying, anything else is a refusal.
+fn attest_status(error: &AttestError) -> Status {
+    match error {
+        AttestError::PodUnknown { .. } => Status::unavailable(error.to_string()),
+        _ => Status::permission_denied(error.to_string()),
     }
 }
 

@@ -5,6 +5,7 @@
 mod identity;
 mod trust;
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -43,9 +44,17 @@ pub enum NodeError {
     },
     /// No stored node SVID and no join token.
     #[error(
-        "{0} holds no usable node SVID and no --join-token was given: create one with `halyard-ca token create --node NAME`"
+        "{0} holds no usable node SVID and neither --join-token (create one with `halyard-ca token create --node NAME`) nor --node-token-file was given"
     )]
     NoCredential(PathBuf),
+    /// The projected service-account token file could not be read.
+    #[error("--node-token-file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
     /// The CA could not be reached.
     #[error("cannot reach the CA at {address}: {reason}")]
     Connect {
@@ -60,6 +69,58 @@ pub enum NodeError {
     /// The node SVID the CA returned is not usable.
     #[error("the CA returned an unusable node SVID: {0}")]
     BadSvid(String),
+}
+
+/// What a node attests with when it holds no usable node SVID.
+#[derive(Clone)]
+pub enum NodeCredential {
+    /// A join token from `halyard-ca token create` (single use).
+    JoinToken(String),
+    /// A file holding a Kubernetes projected service-account token (audience `halyard-ca`),
+    /// read afresh at every attestation because the kubelet rotates it.
+    TokenFile(PathBuf),
+}
+
+impl fmt::Debug for NodeCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeCredential::JoinToken(_) => f.write_str("JoinToken([elided])"),
+            NodeCredential::TokenFile(path) => f.debug_tuple("TokenFile").field(path).finish(),
+        }
+    }
+}
+
+impl NodeCredential {
+    /// The credential as the wire carries it: a token file is read now.
+    fn read(&self) -> Result<Credential, NodeError> {
+        match self {
+            NodeCredential::JoinToken(token) => Ok(Credential::JoinToken(token.clone())),
+            NodeCredential::TokenFile(path) => {
+                let bad = |reason: String| NodeError::TokenFile {
+                    path: path.clone(),
+                    reason,
+                };
+                // Not `files::read_secret`: the kubelet writes projected tokens 0644 by default.
+                let bytes = std::fs::read(path)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|e| bad(e.to_string()))?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| bad("the token is not UTF-8 text".into()))?
+                    .trim();
+                if text.is_empty() {
+                    return Err(bad("the file is empty".into()));
+                }
+                Ok(Credential::ServiceAccountToken(text.to_owned()))
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            NodeCredential::JoinToken(_) => "a join token",
+            NodeCredential::TokenFile(_) => "a service-account token",
+        }
+    }
 }
 
 /// How to reach the CA.
@@ -83,14 +144,16 @@ pub struct NodeClient {
     /// still trusts the CA).
     bundle: Arc<RwLock<String>>,
     current: Arc<RwLock<(Arc<NodeSvid>, Channel)>>,
+    /// A token file to attest afresh with if the node SVID expires unrenewed.
+    token_file: Option<NodeCredential>,
 }
 
 impl NodeClient {
     /// Joins the CA: with the node SVID stored in the data directory if it is still valid, else
-    /// by attesting with `join_token`.
+    /// by attesting with `credential`.
     pub async fn join(
         mut endpoint: CaEndpoint,
-        join_token: Option<&str>,
+        credential: Option<&NodeCredential>,
     ) -> Result<NodeClient, NodeError> {
         let stored = endpoint.data_dir.join("bundle.pem");
         if stored.exists() {
@@ -108,11 +171,11 @@ impl NodeClient {
                 svid
             }
             _ => {
-                let token =
-                    join_token.ok_or_else(|| NodeError::NoCredential(endpoint.data_dir.clone()))?;
-                let svid = attest(&endpoint, Some(token), None).await?;
+                let credential =
+                    credential.ok_or_else(|| NodeError::NoCredential(endpoint.data_dir.clone()))?;
+                let svid = attest(&endpoint, Some(credential.read()?), None).await?;
                 svid.store(&endpoint.data_dir)?;
-                info!(id = %svid.spiffe_id, "attested with a join token");
+                info!(id = %svid.spiffe_id, "attested with {}", credential.kind());
                 svid
             }
         };
@@ -121,6 +184,9 @@ impl NodeClient {
             bundle: Arc::new(RwLock::new(endpoint.trust_bundle.clone())),
             endpoint,
             current: Arc::new(RwLock::new((Arc::new(svid), channel))),
+            token_file: credential
+                .filter(|c| matches!(c, NodeCredential::TokenFile(_)))
+                .cloned(),
         })
     }
 
@@ -252,7 +318,15 @@ impl NodeClient {
     async fn renew(&self) -> Result<(), NodeError> {
         let current = self.svid();
         let endpoint = self.endpoint();
-        let svid = attest(&endpoint, None, Some(&current)).await?;
+        // An expired node SVID proves nothing; a service-account token can attest afresh.
+        let svid = match &self.token_file {
+            Some(file) if current.not_after <= SystemTime::now() => {
+                let svid = attest(&endpoint, Some(file.read()?), None).await?;
+                info!(id = %svid.spiffe_id, "the node SVID had expired: attested again with a service-account token");
+                svid
+            }
+            _ => attest(&endpoint, None, Some(&current)).await?,
+        };
         svid.store(&endpoint.data_dir)?;
         let channel = channel(&endpoint, Some(&svid)).await?;
         info!(serial = %svid.serial, "renewed the node SVID");
@@ -298,19 +372,16 @@ async fn channel(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Chann
         })
 }
 
-/// Attests with a join token, or renews over mTLS with `current`.
+/// Attests with a credential, or renews over mTLS with `current`.
 async fn attest(
     endpoint: &CaEndpoint,
-    token: Option<&str>,
+    credential: Option<Credential>,
     current: Option<&NodeSvid>,
 ) -> Result<NodeSvid, NodeError> {
     let (key, csr) = NodeSvid::new_key_and_csr().map_err(NodeError::BadSvid)?;
     let channel = channel(endpoint, current).await?;
     let response = NodeServiceClient::new(channel)
-        .attest(AttestRequest {
-            credential: token.map(|t| Credential::JoinToken(t.to_owned())),
-            csr,
-        })
+        .attest(AttestRequest { credential, csr })
         .await
         .map_err(|s| NodeError::Refused(format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();

@@ -6,6 +6,7 @@
 //! SPIFFE ID is that SVID, if the caller may hold it. Anything else is refused.
 
 mod delta;
+mod entitlements;
 mod secrets;
 mod sotw;
 mod subscriptions;
@@ -27,12 +28,16 @@ pub use secrets::{ROOTCA, SECRET_TYPE_URL};
 /// The SDS service.
 pub struct Sds {
     state: AgentState,
+    entitlements: entitlements::Entitlements,
 }
 
 impl Sds {
     /// The service over the agent's state.
     pub fn new(state: AgentState) -> Sds {
-        Sds { state }
+        Sds {
+            state,
+            entitlements: entitlements::Entitlements::default(),
+        }
     }
 }
 
@@ -47,11 +52,18 @@ impl SecretDiscoveryService for Sds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let caller = Caller::of(&request, self.state.attestor.as_ref())?;
+        let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let span = tracing::info_span!("sds", uid = caller.workload.uid, pid = ?caller.workload.pid, mode = "sotw");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(
-            sotw::serve(self.state.clone(), caller, request.into_inner(), tx).instrument(span),
+            sotw::serve(
+                self.state.clone(),
+                caller,
+                self.entitlements.clone(),
+                request.into_inner(),
+                tx,
+            )
+            .instrument(span),
         );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -62,11 +74,18 @@ impl SecretDiscoveryService for Sds {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let caller = Caller::of(&request, self.state.attestor.as_ref())?;
+        let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let span = tracing::info_span!("sds", uid = caller.workload.uid, pid = ?caller.workload.pid, mode = "delta");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(
-            delta::serve(self.state.clone(), caller, request.into_inner(), tx).instrument(span),
+            delta::serve(
+                self.state.clone(),
+                caller,
+                self.entitlements.clone(),
+                request.into_inner(),
+                tx,
+            )
+            .instrument(span),
         );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -77,9 +96,13 @@ impl SecretDiscoveryService for Sds {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let caller = Caller::of(&request, self.state.attestor.as_ref())?;
+        let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let request = request.into_inner();
-        let mut subscriptions = subscriptions::Subscriptions::new(self.state.clone(), caller);
+        let mut subscriptions = subscriptions::Subscriptions::new(
+            self.state.clone(),
+            caller,
+            self.entitlements.clone(),
+        );
         subscriptions.set(&request.resource_names).await?;
         let resources = subscriptions.wait_all().await?;
         Ok(Response::new(DiscoveryResponse {

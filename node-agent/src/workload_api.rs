@@ -82,7 +82,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&request)?;
-        let caller = Caller::of(&request, self.state.attestor.as_ref())?;
+        let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let trust = self.state.cache.trust();
         if caller.identities(&trust.borrow()).is_empty() {
             return Err(caller.refusal("any identity"));
@@ -101,7 +101,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&request)?;
-        let caller = Caller::of(&request, self.state.attestor.as_ref())?;
+        let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let mut trust = self.state.cache.trust();
         if caller.identities(&trust.borrow()).is_empty() {
             return Err(caller.refusal("any identity"));

@@ -35,14 +35,14 @@ fn a_workload_gets_every_entry_whose_selectors_it_all_has() {
     assert!(entitled(&entries, &["unix:uid:7".into()]).is_empty());
 }
 
-#[test]
-fn the_calling_process_is_described_by_uid_gid_and_path() {
+#[tokio::test]
+async fn the_calling_process_is_described_by_uid_gid_and_path() {
     let me = Workload {
         pid: Some(std::process::id() as i32),
         uid: 4242,
         gid: 4343,
     };
-    let selectors = UnixAttestor::default().selectors(&me).unwrap();
+    let selectors = UnixAttestor::default().selectors(&me).await.unwrap();
     assert_eq!(selectors[0], "unix:uid:4242");
     assert_eq!(selectors[1], "unix:gid:4343");
     let exe = std::env::current_exe().unwrap();
@@ -52,8 +52,8 @@ fn the_calling_process_is_described_by_uid_gid_and_path() {
     );
 }
 
-#[test]
-fn a_vanished_process_is_refused() {
+#[tokio::test]
+async fn a_vanished_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let gone = Workload {
         pid: Some(99),
@@ -62,6 +62,7 @@ fn a_vanished_process_is_refused() {
     };
     let err = UnixAttestor::with_proc_root(dir.path())
         .selectors(&gone)
+        .await
         .unwrap_err();
     assert!(
         matches!(err, AttestError::ProcessChanged { pid: 99, .. }),
@@ -74,7 +75,7 @@ fn a_vanished_process_is_refused() {
         gid: 2,
     };
     assert_eq!(
-        UnixAttestor::default().selectors(&no_pid).unwrap(),
+        UnixAttestor::default().selectors(&no_pid).await.unwrap(),
         ["unix:uid:1", "unix:gid:2"]
     );
 }

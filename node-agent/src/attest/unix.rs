@@ -28,8 +28,9 @@ impl UnixAttestor {
     }
 }
 
+#[tonic::async_trait]
 impl Attestor for UnixAttestor {
-    fn selectors(&self, workload: &Workload) -> Result<Vec<String>, AttestError> {
+    async fn selectors(&self, workload: &Workload) -> Result<Vec<String>, AttestError> {
         let mut selectors = vec![
             format!("unix:uid:{}", workload.uid),
             format!("unix:gid:{}", workload.gid),

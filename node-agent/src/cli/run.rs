@@ -10,10 +10,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::attest::UnixAttestor;
+use crate::attest::{ApiServerPods, Attestor, KubernetesAttestor, UnixAttestor};
 use crate::cache::{Cache, CacheOptions, TrustState};
 use crate::caller::AgentState;
-use crate::node::{CaEndpoint, NodeClient, RemoteSigner, watch_trust};
+use crate::node::{CaEndpoint, NodeClient, NodeCredential, RemoteSigner, watch_trust};
+
+/// Where Kubernetes mode looks for the projected service-account token when no
+/// `--node-token-file` is given: a `serviceAccountToken` projection with path `halyard-ca`
+/// (the audience) in a volume mounted at `/var/run/secrets/tokens`, as `deploy/` does.
+const DEFAULT_NODE_TOKEN_FILE: &str = "/var/run/secrets/tokens/halyard-ca";
 
 /// The agent's settings: a TOML file with these keys, each also a flag (flags win).
 #[derive(Debug, Default, Deserialize, Args)]
@@ -50,6 +55,20 @@ pub(super) struct RunArgs {
     /// window, e.g. 30s (the default).
     #[arg(long)]
     taint_spread: Option<String>,
+    /// Kubernetes mode: also attest callers by their pod (k8s:ns, k8s:sa, k8s:pod-label, …,
+    /// from a watch on this node's pods), give each pod its service account's identity
+    /// spiffe://TD/ns/NS/sa/SA without an entry, and attest the node with a projected token.
+    #[arg(long)]
+    #[serde(default)]
+    kubernetes: bool,
+    /// This node's Kubernetes name (default: the name in the node SVID).
+    #[arg(long, env = "HALYARD_NODE_NAME")]
+    node_name: Option<String>,
+    /// A projected service-account token (audience halyard-ca) to attest the node with instead
+    /// of a join token, read afresh at every attestation (default in Kubernetes mode:
+    /// /var/run/secrets/tokens/halyard-ca).
+    #[arg(long)]
+    node_token_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -75,6 +94,9 @@ impl RunArgs {
             data_dir: self.data_dir.or(file.data_dir),
             ttl: self.ttl.or(file.ttl),
             taint_spread: self.taint_spread.or(file.taint_spread),
+            kubernetes: self.kubernetes || file.kubernetes,
+            node_name: self.node_name.or(file.node_name),
+            node_token_file: self.node_token_file.or(file.node_token_file),
         })
     }
 
@@ -113,6 +135,21 @@ impl RunArgs {
             .transpose()
             .map_err(|e| format!("--taint-spread: {e}"))?
             .map_or(CacheOptions::default().taint_spread, Ttl::as_duration);
+        let credential = match (args.join_token, args.node_token_file) {
+            (Some(_), Some(file)) => {
+                return Err(format!(
+                    "--join-token and --node-token-file {} both attest the node: give one",
+                    file.display()
+                ));
+            }
+            (Some(token), None) => Some(NodeCredential::JoinToken(token)),
+            (None, Some(file)) => Some(NodeCredential::TokenFile(file)),
+            (None, None) if args.kubernetes => Some(NodeCredential::TokenFile(PathBuf::from(
+                DEFAULT_NODE_TOKEN_FILE,
+            ))),
+            (None, None) => None,
+        };
+        let kubernetes = args.kubernetes.then_some(args.node_name);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -145,9 +182,10 @@ impl RunArgs {
             };
             run_agent(
                 endpoint,
-                args.join_token.as_deref(),
+                credential.as_ref(),
                 &socket,
                 options,
+                kubernetes,
                 shutdown,
             )
             .await
@@ -155,17 +193,47 @@ impl RunArgs {
     }
 }
 
+/// Runs the agent; `kubernetes` is `Some(node name if given)` in Kubernetes mode.
 async fn run_agent(
     endpoint: CaEndpoint,
-    join_token: Option<&str>,
+    credential: Option<&NodeCredential>,
     socket: &Path,
     options: CacheOptions,
+    kubernetes: Option<Option<String>>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let client = NodeClient::join(endpoint, join_token)
+    let client = NodeClient::join(endpoint, credential)
         .await
         .map_err(|e| e.to_string())?;
     info!(node = %client.svid().spiffe_id, "joined the CA");
+    let attestor: Arc<dyn Attestor> = match kubernetes {
+        None => Arc::new(UnixAttestor::default()),
+        Some(node_name) => {
+            let id = client.svid().spiffe_id.clone();
+            let node = match node_name {
+                Some(name) => name,
+                None => id
+                    .path()
+                    .strip_prefix("/halyard/node/")
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        format!("--kubernetes: the node SVID {id} names no node: give --node-name")
+                    })?,
+            };
+            let kube = kube::Client::try_default().await.map_err(|e| {
+                format!(
+                    "--kubernetes: no Kubernetes API configuration (in-cluster or KUBECONFIG): {e}"
+                )
+            })?;
+            let pods = ApiServerPods::spawn(kube, &node, shutdown.clone());
+            info!(node = %node, "attesting workloads by their pods too");
+            Arc::new(KubernetesAttestor::new(
+                Arc::new(pods),
+                node,
+                id.trust_domain().clone(),
+            ))
+        }
+    };
     let (trust_tx, mut trust_rx) = watch::channel(Arc::new(TrustState::default()));
     tokio::spawn(client.clone().keep_renewed(
         trust_rx.clone(),
@@ -186,10 +254,7 @@ async fn run_agent(
         options,
         shutdown.clone(),
     );
-    let state = AgentState {
-        cache,
-        attestor: Arc::new(UnixAttestor::default()),
-    };
+    let state = AgentState { cache, attestor };
     println!(
         "halyard-agent is serving SDS and the Workload API on {}",
         socket.display()

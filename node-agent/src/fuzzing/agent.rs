@@ -146,8 +146,9 @@ impl tower::Service<http::Request<tonic::body::Body>> for InProcess {
 /// Attests every caller with [`CALLER_SELECTOR`].
 struct FixedAttestor;
 
+#[tonic::async_trait]
 impl Attestor for FixedAttestor {
-    fn selectors(&self, _workload: &Workload) -> Result<Vec<String>, AttestError> {
+    async fn selectors(&self, _workload: &Workload) -> Result<Vec<String>, AttestError> {
         let (kind, key, value) = CALLER_SELECTOR;
         Ok(vec![format!("{kind}:{key}:{value}")])
     }

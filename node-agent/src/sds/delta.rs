@@ -11,16 +11,18 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::SECRET_TYPE_URL;
+use super::entitlements::Entitlements;
 use super::subscriptions::{Event, Subscriptions, next_event};
 use crate::caller::{AgentState, Caller};
 
 pub(super) async fn serve(
     state: AgentState,
     caller: Caller,
+    entitlements: Entitlements,
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let mut subscriptions = Subscriptions::new(state, caller);
+    let mut subscriptions = Subscriptions::new(state, caller, entitlements);
     let mut names: Vec<String> = Vec::new();
     // What Envoy holds, by name: the version last sent (or reported on reconnect).
     let mut held: HashMap<String, String> = HashMap::new();

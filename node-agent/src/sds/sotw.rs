@@ -7,16 +7,18 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use super::SECRET_TYPE_URL;
+use super::entitlements::Entitlements;
 use super::subscriptions::{Event, Subscriptions, next_event};
 use crate::caller::{AgentState, Caller};
 
 pub(super) async fn serve(
     state: AgentState,
     caller: Caller,
+    entitlements: Entitlements,
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let mut subscriptions = Subscriptions::new(state, caller);
+    let mut subscriptions = Subscriptions::new(state, caller, entitlements);
     let mut started = false;
     let mut version = 0u64;
     let mut last_nonce = String::new();

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::{Status, Streaming};
 use tracing::debug;
 
+use super::entitlements::{CallerView, Entitlements};
 use super::secrets::{ROOTCA, tls_certificate, validation_context};
 use crate::cache::{SvidSlot, TrustState};
 use crate::caller::{AgentState, Caller};
@@ -42,6 +43,7 @@ pub(super) struct Current {
 pub(super) struct Subscriptions {
     state: AgentState,
     caller: Caller,
+    entitlements: Entitlements,
     trust: watch::Receiver<Arc<TrustState>>,
     names: Vec<String>,
     svids: HashMap<SpiffeId, (watch::Receiver<SvidSlot>, JoinHandle<()>)>,
@@ -58,12 +60,17 @@ impl Drop for Subscriptions {
 }
 
 impl Subscriptions {
-    pub(super) fn new(state: AgentState, caller: Caller) -> Subscriptions {
+    pub(super) fn new(
+        state: AgentState,
+        caller: Caller,
+        entitlements: Entitlements,
+    ) -> Subscriptions {
         let trust = state.cache.trust();
         let (changed_tx, changed_rx) = mpsc::channel(1);
         Subscriptions {
             state,
             caller,
+            entitlements,
             trust,
             names: Vec::new(),
             svids: HashMap::new(),
@@ -77,20 +84,18 @@ impl Subscriptions {
         &self.names
     }
 
-    fn resolve(&self, name: &str, trust: &TrustState) -> Result<Source, Status> {
+    fn resolve(&self, name: &str, view: &CallerView) -> Result<Source, Status> {
         if name == ROOTCA {
             return Ok(Source::RootCa);
         }
-        let identities = self.caller.identities(trust);
         if name == "default" {
-            return identities
-                .into_iter()
-                .next()
+            return view
+                .first(&self.caller)
                 .map(Source::Svid)
                 .ok_or_else(|| self.caller.refusal("any identity (resource \"default\")"));
         }
         match SpiffeId::new(name) {
-            Ok(id) if identities.contains(&id) => Ok(Source::Svid(id)),
+            Ok(id) if view.may_hold(&self.caller, &id) => Ok(Source::Svid(id)),
             Ok(id) => Err(self.caller.refusal(id.as_str())),
             Err(_) => Err(Status::invalid_argument(format!(
                 "resource name {name:?} is neither \"default\", \"{ROOTCA}\" nor a SPIFFE ID"
@@ -101,9 +106,10 @@ impl Subscriptions {
     /// Serves `names` from now on. Every name must be one the caller may have.
     pub(super) async fn set(&mut self, names: &[String]) -> Result<(), Status> {
         let trust = self.trust.borrow().clone();
+        let view = self.entitlements.of(&trust);
         let mut wanted = Vec::new();
         for name in names {
-            if let Source::Svid(id) = self.resolve(name, &trust)? {
+            if let Source::Svid(id) = self.resolve(name, &view)? {
                 wanted.push(id);
             }
         }
@@ -146,6 +152,7 @@ impl Subscriptions {
     /// The content of every requested name now.
     pub(super) async fn current(&mut self) -> Result<Current, Status> {
         let trust = self.trust.borrow_and_update().clone();
+        let view = self.entitlements.of(&trust);
         let mut current = Current {
             ready: Vec::new(),
             pending: Vec::new(),
@@ -153,7 +160,7 @@ impl Subscriptions {
         };
         let mut wanted = Vec::new();
         for name in self.names.clone() {
-            match self.resolve(&name, &trust) {
+            match self.resolve(&name, &view) {
                 Ok(Source::RootCa) if trust.roots.is_empty() => current.pending.push(name),
                 Ok(Source::RootCa) => current.ready.push(Resource {
                     version: trust_version(&trust),
