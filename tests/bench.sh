@@ -6,11 +6,15 @@
 #   ./tests/bench.sh                 # every configuration, 10 s each
 #   BENCH_SECONDS=30 ./tests/bench.sh
 #
-# The per-node rate limit is lifted: the generator is one node. Last, the peer: cfssl (Debian's
-# golang-cfssl, installed if missing) serving its sign endpoint on the same core, with an ECDSA
-# P-256 CA and a 1 h client+server profile, driven by the same generator with the same CSRs.
+# The per-node and per-identity rate limits are lifted: the generator is one node and one
+# identity. Last, the peer: cfssl (Debian's golang-cfssl, installed if missing) serving its sign
+# endpoint on the same core, with an ECDSA P-256 CA and a 1 h client+server profile, driven by
+# the same generator with the same CSRs.
 # Prints one JSON line per configuration (halyard-loadgen's report) and, first, the in-process
 # limits of the same build on the same core (criterion: the signing core, and raw ring P-256).
+# Per store: 1, 8, 32 and 128 requests in flight; then the latency at half the 32-in-flight peak
+# (an open-loop --rate); batches of 16; Istio's API. Then the CA with no journal at all, for
+# what the journal costs.
 # Record figures in BENCHMARKS.md with the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +24,8 @@ server_core="${BENCH_SERVER_CORE:-0}"
 client_core="${BENCH_CLIENT_CORE:-1}"
 
 cargo build --release --locked -p halyard-ca -p halyard-tests --bin halyard-ca --bin halyard-loadgen
+# Built on every core first: only the measurement is pinned.
+cargo bench --locked -p halyard-ca --bench signing --no-run
 if ! command -v cfssl >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl >/dev/null
 fi
@@ -44,7 +50,8 @@ start_ca() {
   rm -rf "$dir/data"
   grpc="127.0.0.1:$(port)"
   taskset -c "$server_core" target/release/halyard-ca serve --dev --data-dir "$dir/data" \
-    --grpc-listen "$grpc" --http-listen "127.0.0.1:$(port)" --node-rate-limit 1000000 "$@" \
+    --grpc-listen "$grpc" --http-listen "127.0.0.1:$(port)" --node-rate-limit 1000000 \
+    --identity-rate-limit 4000000000 --identity-rate-burst 4000000000 "$@" \
     >/dev/null 2>"$dir/ca.log" &
   ca_pid=$!
   for _ in $(seq 100); do
@@ -54,6 +61,10 @@ start_ca() {
   cat "$dir/ca.log" >&2
   return 1
 }
+
+# issued_per_second from one JSON report on stdin; half of a rate.
+peak_rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["issued_per_second"])'; }
+half() { python3 -c "print(round($1 / 2, 1))"; }
 
 loadgen() {
   taskset -c "$client_core" target/release/halyard-loadgen --ca-address "https://$grpc" \
@@ -70,11 +81,25 @@ for store in sqlite postgres; do
     start_ca
   fi
   echo "== store: $store"
-  for concurrency in 1 8 32; do
+  for concurrency in 1 8; do
     loadgen --api svids --batch 1 --concurrency "$concurrency"
   done
+  report="$(loadgen --api svids --batch 1 --concurrency 32)"
+  echo "$report"
+  peak="$(peak_rate <<<"$report")"
+  # The journal's group commit waits for the disk: more requests in flight, bigger commits.
+  loadgen --api svids --batch 1 --concurrency 128
+  echo "== store: $store, latency at half the 32-in-flight peak ($peak/s)"
+  loadgen --api svids --batch 1 --concurrency 32 --rate "$(half "$peak")"
   loadgen --api svids --batch 16 --concurrency 8
   loadgen --api istio --concurrency 8
+done
+
+# What the journal costs: the same requests with no journal row written (a --dev-only switch).
+start_ca --unjournaled-for-benchmarks
+echo "== no journal"
+for concurrency in 8 32 128; do
+  loadgen --api svids --batch 1 --concurrency "$concurrency"
 done
 
 echo "== peer: cfssl $(cfssl version | head -1)"

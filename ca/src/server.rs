@@ -5,6 +5,7 @@
 //! then hand out). [`run`] wires it to the listeners: gRPC over TLS ([`crate::api`]), the admin
 //! socket, and HTTP for metrics and health.
 
+mod admin_socket;
 mod authorities;
 mod dev;
 mod http;
@@ -12,6 +13,7 @@ mod issue;
 mod limits;
 mod listen;
 mod metrics;
+mod node_cache;
 mod revocation;
 mod tls;
 mod upstream;
@@ -27,7 +29,7 @@ use crate::authority::{Authority, Policy, certs_from_pem, verify_chain};
 use crate::ceremony::{self, CeremonyError, DataDir};
 use crate::config::{Config, Upstream};
 use crate::files;
-use crate::kube::{TokenPolicy, TokenReviewer};
+use crate::kube::{PodIndex, TokenPolicy, TokenReviewer};
 use crate::store::{Store, StoreError, StoreOptions};
 
 pub use authorities::{AuthoritySet, ChangeError, KnownAuthority, Prepared, RootRemoved};
@@ -88,6 +90,8 @@ pub struct Ca {
     limits: limits::Limits,
     /// AWS Private CA, when it signs the intermediates.
     upstream: Option<Arc<upstream::PcaUpstream>>,
+    /// Nodes' records and entries between signing requests.
+    node_cache: node_cache::NodeCache,
 }
 
 impl Ca {
@@ -143,7 +147,19 @@ impl Ca {
         let metrics = Metrics::new();
         metrics.set_intermediate_expiry(authority.not_after());
         Ok(Arc::new(Ca {
-            limits: limits::Limits::new(config.max_in_flight, config.node_rate_limit),
+            node_cache: node_cache::NodeCache::new(&store),
+            limits: limits::Limits::new(
+                config.max_in_flight,
+                limits::Rate::new(
+                    f64::from(config.node_rate_limit),
+                    config.node_rate_limit.saturating_mul(2),
+                ),
+                limits::Rate::new(
+                    f64::from(config.identity_rate_limit) / 60.0,
+                    config.identity_rate_burst,
+                ),
+                std::time::Instant::now(),
+            ),
             config,
             store,
             active_id: watch::Sender::new(authority.id().to_owned()),
@@ -173,6 +189,16 @@ impl Ca {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A node's record (`None` if it never attested) and its registration entries, as a
+    /// signing request needs them: cached until an entry, a ban or a node record changes
+    /// (announced between replicas on PostgreSQL), and for at most 5 s.
+    pub(crate) async fn node_authorization(
+        &self,
+        name: &str,
+    ) -> Result<node_cache::NodeAuthorization, StoreError> {
+        self.node_cache.get(&self.store, name).await
     }
 
     /// The metrics.
@@ -250,29 +276,61 @@ impl Ca {
 /// Runs the server until `shutdown` is cancelled or a listener fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     let ca = Ca::open(config).await?;
+    let client = match &ca.config.kubernetes {
+        Some(kubernetes) => Some(
+            crate::kube::connect(kubernetes.kubeconfig.as_deref())
+                .await
+                .map_err(ServerError::Kubernetes)?,
+        ),
+        None => None,
+    };
+    serve(ca, client, shutdown).await
+}
+
+/// Serves `ca` until `shutdown` is cancelled or a listener fails, talking to Kubernetes (when
+/// `[kubernetes]` is enabled) through `client`: the seam where tests put a mock API server.
+pub(crate) async fn serve(
+    ca: Arc<Ca>,
+    client: Option<kube::Client>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     ca.reload_authorities()
         .await
         .map_err(|e| ServerError::Authorities(e.to_string()))?;
     if let Some(pca) = &ca.upstream {
         upstream::spawn_rotation(ca.clone(), pca.clone(), shutdown.clone());
     }
-    let tokens = match ca.config.kubernetes.clone() {
-        Some(kubernetes) => Some(start_kubernetes(&ca, kubernetes, &shutdown).await?),
-        None => None,
+    let kubernetes = match (ca.config.kubernetes.clone(), client) {
+        (Some(config), Some(client)) => Some(start_kubernetes(&ca, config, client, &shutdown)),
+        (Some(_), None) => {
+            return Err(ServerError::Kubernetes(
+                "enabled, but no client for the API server".to_owned(),
+            ));
+        }
+        (None, _) => None,
     };
-    listen::serve(ca, tokens, shutdown).await
+    listen::serve(ca, kubernetes, shutdown).await
 }
 
-/// Connects to the API server, starts the cert-manager issuer when configured, and returns the
-/// token reviewer for the gRPC APIs.
-async fn start_kubernetes(
+/// What the gRPC APIs use of Kubernetes.
+#[derive(Clone)]
+pub(crate) struct KubeAuth {
+    /// Reviews service-account tokens.
+    pub(crate) tokens: Arc<TokenReviewer>,
+    /// Which service accounts run on which node.
+    pub(crate) pods: Arc<PodIndex>,
+    /// ztunnel's service accounts, `namespace/name`.
+    pub(crate) ztunnel_service_accounts: Vec<String>,
+}
+
+/// Starts the pod index's watch and, when configured, the cert-manager issuer; returns what
+/// the gRPC APIs need.
+fn start_kubernetes(
     ca: &Arc<Ca>,
     config: crate::config::KubernetesConfig,
+    client: kube::Client,
     shutdown: &CancellationToken,
-) -> Result<Arc<TokenReviewer>, ServerError> {
-    let client = crate::kube::connect(config.kubeconfig.as_deref())
-        .await
-        .map_err(ServerError::Kubernetes)?;
+) -> KubeAuth {
     if config.cert_manager_issuer {
         tokio::spawn(crate::kube::issuer::run(
             client.clone(),
@@ -280,15 +338,21 @@ async fn start_kubernetes(
             shutdown.clone(),
         ));
     }
-    Ok(Arc::new(TokenReviewer::new(
-        client,
-        ca.trust_domain().clone(),
-        TokenPolicy {
-            istio_audience: config.istio_audience,
-            node_audience: config.node_audience,
-            agent_service_accounts: config.agent_service_accounts,
-        },
-    )))
+    let pods = Arc::new(PodIndex::new());
+    tokio::spawn(pods.clone().run(client.clone(), shutdown.clone()));
+    KubeAuth {
+        tokens: Arc::new(TokenReviewer::new(
+            client,
+            ca.trust_domain().clone(),
+            TokenPolicy {
+                istio_audience: config.istio_audience,
+                node_audience: config.node_audience,
+                agent_service_accounts: config.agent_service_accounts,
+            },
+        )),
+        pods,
+        ztunnel_service_accounts: config.ztunnel_service_accounts,
+    }
 }
 
 async fn open_store(config: &Config) -> Result<Store, ServerError> {

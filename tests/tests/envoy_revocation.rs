@@ -753,3 +753,116 @@ fn revocation_through_another_replica_is_refused_within_2s() {
         Revoker::OtherReplica,
     );
 }
+
+/// How many revocations [`revoke_to_enforced_over_many_revocations`] measures: 10 in the test
+/// run, 100 (`HALYARD_REVOCATIONS=100`) for BENCHMARKS.md.
+fn revocation_count() -> usize {
+    std::env::var("HALYARD_REVOCATIONS")
+        .ok()
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("HALYARD_REVOCATIONS={n:?}: not a count"))
+        })
+        .unwrap_or(10)
+}
+
+/// The revoke → enforced delay, over many revocations in a row on one mesh: each time the test
+/// process revokes the certificate it holds (the agent then replaces it), and measures until the
+/// server Envoy refuses it in a new handshake. Every revocation must be enforced, each stays
+/// enforced, and the replacement is accepted; the delays are printed (min, median, p90, p99,
+/// max), not asserted: BENCHMARKS.md records them.
+#[test]
+#[ignore = "needs envoy: run via the README test command"]
+fn revoke_to_enforced_over_many_revocations() {
+    let me = own_uid();
+    assert!(
+        SERVER_UID != me,
+        "run as a uid other than the server Envoy's (root, via tests/run.sh), not {me}"
+    );
+    let mesh = Mesh::start(&[(SERVER, SERVER_UID), (CLIENT, me)], Revoker::SameCa);
+    let server = mesh.server(SdsApi::DeltaGrpc);
+    server.wait_for_cert("its SVID", FIRST_CERT, |c| c.spiffe_id == Some(id(SERVER)));
+    let count = revocation_count();
+    let mut revoked: Vec<String> = Vec::new();
+    let mut delays: Vec<Duration> = Vec::with_capacity(count);
+    for round in 0..count {
+        // The agent's replacement of the last revoked certificate (or the first one).
+        let started = Instant::now();
+        let held = loop {
+            let svid = mesh.fetch_own_svid();
+            if !revoked.contains(&svid.serial) {
+                break svid;
+            }
+            assert!(
+                started.elapsed() < GIVE_UP_AFTER,
+                "round {round}: the agent still hands out the revoked {}\nagent log:\n{}",
+                svid.serial,
+                mesh.agent.log()
+            );
+            std::thread::sleep(POLL_EVERY);
+        };
+        let attempt = direct_get(&server, &held);
+        assert!(
+            attempt.accepted(),
+            "round {round}: the valid {} should be accepted: {attempt:?}",
+            held.serial
+        );
+
+        let revoking = Instant::now();
+        mesh.ca
+            .cli(&["revoke", "--serial", &held.serial, "--reason", "superseded"])
+            .unwrap_or_else(|e| panic!("halyard-ca revoke --serial {}: {e}", held.serial));
+        let refusal = loop {
+            let attempt = direct_get(&server, &held);
+            let after = revoking.elapsed();
+            if !attempt.accepted() {
+                delays.push(after);
+                break attempt;
+            }
+            assert!(
+                after < GIVE_UP_AFTER,
+                "round {round}: the revoked {} was still accepted {after:?} after the revoke\n\
+                 agent log:\n{}",
+                held.serial,
+                mesh.agent.log()
+            );
+            std::thread::sleep(POLL_EVERY);
+        };
+        // Refused as revoked: the server's certificate_revoked alert. openssl sometimes reports
+        // only the broken pipe of its write after the alert, so a few more attempts may be
+        // needed to read it; none may be accepted.
+        let mut refusals = vec![refusal];
+        while !refusals
+            .iter()
+            .any(|r| r.detail.contains("alert certificate revoked"))
+        {
+            assert!(
+                refusals.len() < 4,
+                "round {round}: refused, but never as revoked: {refusals:#?}"
+            );
+            let again = direct_get(&server, &held);
+            assert!(
+                !again.accepted(),
+                "round {round}: accepted again: {again:?}"
+            );
+            refusals.push(again);
+        }
+        revoked.push(held.serial.clone());
+    }
+    // Every revoked certificate is still refused at the end.
+    let last = mesh.fetch_own_svid();
+    assert!(!revoked.contains(&last.serial));
+    assert!(direct_get(&server, &last).accepted());
+
+    delays.sort();
+    let at =
+        |q: f64| delays[((delays.len() as f64 * q).ceil() as usize).clamp(1, delays.len()) - 1];
+    eprintln!(
+        "revoke -> enforced over {count} revocations: min {}, median {}, p90 {}, p99 {}, max {}",
+        ms(delays[0]),
+        ms(at(0.5)),
+        ms(at(0.9)),
+        ms(at(0.99)),
+        ms(delays[delays.len() - 1]),
+    );
+}

@@ -77,6 +77,11 @@ struct Args {
     /// How long to drive, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Requests per second in total, spread evenly over the workers (open loop: latency counts
+    /// from when a request was due, so a late start is not hidden); 0 sends as fast as answers
+    /// come back.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
     /// How many distinct CSRs to cycle through.
     #[arg(long, default_value_t = 256)]
     pool: usize,
@@ -124,7 +129,16 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     if args.batch == 0 || args.concurrency == 0 || args.pool == 0 {
         return Err("--batch, --concurrency and --pool must be at least 1".to_owned());
     }
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        return Err(format!(
+            "--rate {}: not a rate (requests per second, 0 for none)",
+            args.rate
+        ));
+    }
     if args.api == Api::Cfssl {
+        if args.rate > 0.0 {
+            return Err("--rate is not implemented for --api cfssl".to_owned());
+        }
         return run_cfssl(args).await;
     }
     let setup = Setup::new(&args).await?;
@@ -149,11 +163,27 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
         let pool = pool.clone();
         let id = setup.workload_id.clone();
         let (api, batch) = (args.api, args.batch);
+        // With --rate, worker w's k-th request is due at started + (w / C + k) × C / rate.
+        let every =
+            (args.rate > 0.0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate));
+        let first_due =
+            every.map(|every| started + every.mul_f64(worker as f64 / args.concurrency as f64));
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             let mut next = worker * batch;
+            let mut due = first_due;
             while Instant::now() < deadline {
-                let sent = Instant::now();
+                let sent = match (due, every) {
+                    (Some(at), Some(every)) => {
+                        if at >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        due = Some(at + every);
+                        at
+                    }
+                    _ => Instant::now(),
+                };
                 let (issued, errors) = match api {
                     Api::Svids => sign(&channel, &id, &pool, &mut next, batch).await,
                     Api::Istio | Api::Cfssl => istio(&channel, &pool, &mut next).await,
@@ -382,6 +412,7 @@ fn report(args: &Args, outcomes: &[Outcome], elapsed: Duration) -> serde_json::V
         "api": format!("{:?}", args.api).to_lowercase(),
         "batch": if args.api == Api::Svids { args.batch } else { 1 },
         "concurrency": args.concurrency,
+        "rate": (args.rate > 0.0).then_some(args.rate),
         "seconds": (secs * 1000.0).round() / 1000.0,
         "requests": outcomes.len(),
         "issued": issued,
