@@ -40,6 +40,9 @@ pub(crate) struct NodeCache {
     entries_feed: watch::Receiver<u64>,
     nodes: Mutex<HashMap<String, Cached>>,
     max_age: Duration,
+    /// One store read at a time: requests that miss together wait for the first one's answer
+    /// instead of all reading the same rows (a node with 10,000 entries, under a storm).
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl NodeCache {
@@ -52,6 +55,7 @@ impl NodeCache {
             entries_feed: store.subscribe_entries(),
             nodes: Mutex::new(HashMap::new()),
             max_age,
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -61,15 +65,17 @@ impl NodeCache {
         store: &Store,
         name: &str,
     ) -> Result<NodeAuthorization, StoreError> {
+        if let Some(value) = self.fresh(store, name) {
+            return Ok(value);
+        }
+        let _loading = self.loading.lock().await;
+        // Someone else may have read it while we waited.
+        if let Some(value) = self.fresh(store, name) {
+            return Ok(value);
+        }
         // Read before the store: a change committed while we read makes this copy stale at once.
         let versions = (*self.entries_feed.borrow(), store.node_writes());
         let now = Instant::now();
-        if let Some(cached) = self.lock().get(name)
-            && cached.versions == versions
-            && now.saturating_duration_since(cached.at) < self.max_age
-        {
-            return Ok(cached.value.clone());
-        }
         let record = store.node(name).await?;
         let entries = Arc::new(store.entries(EntryScope::ForNode(name.to_owned())).await?);
         let value = NodeAuthorization { record, entries };
@@ -86,6 +92,15 @@ impl NodeCache {
             },
         );
         Ok(value)
+    }
+
+    /// The cached answer for `name`, if nothing has changed since it was read and it is young.
+    fn fresh(&self, store: &Store, name: &str) -> Option<NodeAuthorization> {
+        let versions = (*self.entries_feed.borrow(), store.node_writes());
+        let cached = self.lock();
+        let cached = cached.get(name)?;
+        (cached.versions == versions && cached.at.elapsed() < self.max_age)
+            .then(|| cached.value.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
