@@ -29,7 +29,7 @@ pub use moto::{
 pub use openssl::{openssl_available, openssl_verify};
 pub use postgres::{POSTGRES_URL_VAR, fresh_postgres_database, with_database};
 pub use profile_check::{check_intermediate_profile, check_leaf_profile};
-pub use server::{TestServer, ca_binary, free_port, key_and_csr, key_id};
+pub use server::{TestServer, ca_binary, free_port, key_and_csr, key_id, tls_channel};
 pub use webpki::webpki_verify;
 
 /// A root and an intermediate for one trust domain, made in memory.

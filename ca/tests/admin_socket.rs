@@ -116,16 +116,13 @@ async fn another_user_is_refused_by_the_file_mode_and_then_by_the_uid_check() {
     assert!(!log.contains(&issued), "the token is not logged");
 }
 
-#[test]
-fn serve_refuses_an_admin_socket_path_that_is_not_a_socket_and_leaves_it_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let precious = dir.path().join("halyard.db");
-    std::fs::write(&precious, b"not a socket").unwrap();
-    let out = Command::new(CA)
+/// `halyard-ca serve --dev` in `dir` with its admin socket at `socket`, to completion.
+fn serve_with_admin_socket(dir: &Path, socket: &Path) -> Output {
+    Command::new(CA)
         .args(["serve", "--dev", "--data-dir"])
-        .arg(dir.path().join("data"))
+        .arg(dir.join("data"))
         .arg("--admin-socket")
-        .arg(&precious)
+        .arg(socket)
         .args([
             "--grpc-listen",
             "127.0.0.1:0",
@@ -133,7 +130,15 @@ fn serve_refuses_an_admin_socket_path_that_is_not_a_socket_and_leaves_it_alone()
             "127.0.0.1:0",
         ])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn serve_refuses_an_admin_socket_path_that_is_not_a_socket_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("halyard.db");
+    std::fs::write(&precious, b"not a socket").unwrap();
+    let out = serve_with_admin_socket(dir.path(), &precious);
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -147,19 +152,7 @@ fn serve_refuses_an_admin_socket_path_that_is_not_a_socket_and_leaves_it_alone()
     assert_eq!(std::fs::read(&precious).unwrap(), b"not a socket");
 
     let missing = dir.path().join("no-such-dir/admin.sock");
-    let out = Command::new(CA)
-        .args(["serve", "--dev", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--admin-socket")
-        .arg(&missing)
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let out = serve_with_admin_socket(dir.path(), &missing);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!(

@@ -61,16 +61,13 @@ impl SvidApi {
         request: Request<SignX509SvidsRequest>,
     ) -> Result<SignX509SvidsResponse, Status> {
         let ca = &self.ca;
-        let Peer { id, .. } = peer(&request)?;
-        let name = ca
-            .node_name(&id)
-            .ok_or_else(|| Status::permission_denied(format!("{id} is not a node identity")))?;
+        let (name, _) = peer_node(ca, &request)?;
         // The hot path: the node's record and entries from the CA's cache, not the store.
         let authorization = ca
-            .node_authorization(name)
+            .node_authorization(&name)
             .await
             .map_err(|e| store_status(&e))?;
-        let record = usable_node(name, authorization.record)?;
+        let record = usable_node(&name, authorization.record)?;
         let node = record.name;
         let requests = request.into_inner().requests;
         if requests.len() > ca.config().max_batch {
@@ -194,12 +191,18 @@ async fn authenticated_node_record<T>(
     ca: &Ca,
     request: &Request<T>,
 ) -> Result<(NodeRecord, SystemTime), Status> {
+    let (name, not_after) = peer_node(ca, request)?;
+    let record = ca.store().node(&name).await.map_err(|e| store_status(&e))?;
+    Ok((usable_node(&name, record)?, not_after))
+}
+
+/// The node name in the caller's SVID, and when that SVID expires.
+fn peer_node<T>(ca: &Ca, request: &Request<T>) -> Result<(String, SystemTime), Status> {
     let Peer { id, not_after } = peer(request)?;
     let name = ca
         .node_name(&id)
         .ok_or_else(|| Status::permission_denied(format!("{id} is not a node identity")))?;
-    let record = ca.store().node(name).await.map_err(|e| store_status(&e))?;
-    Ok((usable_node(name, record)?, not_after))
+    Ok((name.to_owned(), not_after))
 }
 
 /// The node's record, unless it never attested or is banned.

@@ -252,17 +252,7 @@ impl TestServer {
     /// A gRPC channel over TLS to the server, checking its name `localhost` against the
     /// bundle, presenting `identity` (chain PEM, key PEM) when given.
     pub async fn channel(&self, identity: Option<(&str, &str)>) -> Channel {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.bundle_pem()))
-            .domain_name("localhost");
-        if let Some((chain, key)) = identity {
-            tls = tls.identity(Identity::from_pem(chain, key));
-        }
-        Endpoint::from_shared(format!("https://{}", self.grpc))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
+        tls_channel(self.grpc, &self.bundle_pem(), identity)
             .await
             .unwrap()
     }
@@ -367,4 +357,24 @@ pub fn key_id(der: &[u8], of_issuer: bool) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A gRPC channel over TLS to a CA listening on `grpc`, checking its name `localhost` against
+/// `bundle_pem`, presenting `identity` (chain PEM, key PEM) when given; the error when it cannot
+/// connect (yet).
+pub async fn tls_channel(
+    grpc: std::net::SocketAddr,
+    bundle_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(bundle_pem))
+        .domain_name("localhost");
+    if let Some((chain, key)) = identity {
+        tls = tls.identity(Identity::from_pem(chain, key));
+    }
+    Endpoint::from_shared(format!("https://{grpc}"))?
+        .tls_config(tls)?
+        .connect()
+        .await
 }

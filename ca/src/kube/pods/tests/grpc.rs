@@ -16,14 +16,14 @@ use halyard_proto::api::istio_auth::IstioCertificateRequest;
 use halyard_proto::api::istio_auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use secrecy::{ExposeSecret, SecretString};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use super::*;
 use crate::config::{ConfigFile, KubernetesFile};
 use crate::kube::mock::{Call, review_token, sa_token};
 use crate::server::Ca;
 use crate::store::{JournalQuery, NewEntry};
-use crate::testing::{free_port, key_and_csr};
+use crate::testing::{free_port, key_and_csr, tls_channel};
 
 const AGENT: &str = "system:serviceaccount:halyard:halyard-agent";
 const ZTUNNEL: &str = "system:serviceaccount:istio-system:ztunnel";
@@ -165,39 +165,24 @@ impl Cluster {
             _dir: dir,
         };
         // The listener is bound a moment after the server starts.
-        while Endpoint::from_shared(format!("https://{grpc}"))
-            .unwrap()
-            .tls_config(cluster.tls())
-            .unwrap()
-            .connect()
-            .await
-            .is_err()
-        {
+        while cluster.try_channel(None).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         cluster
     }
 
-    fn tls(&self) -> ClientTlsConfig {
+    async fn try_channel(
+        &self,
+        identity: Option<&(String, String)>,
+    ) -> Result<Channel, tonic::transport::Error> {
         let bundle = std::fs::read_to_string(self.ca.config().data_dir.join("bundle.pem")).unwrap();
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(bundle))
-            .domain_name("localhost")
+        let identity = identity.map(|(chain, key)| (chain.as_str(), key.as_str()));
+        tls_channel(self.grpc, &bundle, identity).await
     }
 
     /// A channel presenting `identity` (chain PEM, key PEM) when given.
     async fn channel(&self, identity: Option<&(String, String)>) -> Channel {
-        let mut tls = self.tls();
-        if let Some((chain, key)) = identity {
-            tls = tls.identity(Identity::from_pem(chain, key));
-        }
-        Endpoint::from_shared(format!("https://{}", self.grpc))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
+        self.try_channel(identity).await.unwrap()
     }
 
     /// Attests with `credential` (none: renewal over mTLS with `identity`); the node SVID.
