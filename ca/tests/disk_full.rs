@@ -144,16 +144,26 @@ async fn a_full_disk_stops_issuance_and_loses_nothing() {
     // Room again: issuance resumes.
     std::fs::remove_file(&filler).unwrap();
     let mut resumed = None;
+    let mut last_refusal = None;
     for _ in 0..50 {
         match request(&server, &node).await {
             Ok(serial) => {
                 resumed = Some(serial);
                 break;
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(status) => {
+                last_refusal = Some(status);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
-    handed_out.push(resumed.expect("issuance should resume once the disk has room"));
+    handed_out.push(resumed.unwrap_or_else(|| {
+        panic!(
+            "issuance should resume once the disk has room; the last refusal: \
+             {last_refusal:?}\nCA log:\n{}",
+            server.log()
+        )
+    }));
 
     // Every certificate handed out has its journal row; the journal is intact.
     let audit = |args: &[&str]| {

@@ -130,7 +130,8 @@ pub(super) async fn prune(
 ) -> Result<u64, StoreError> {
     let mut pruned = 0;
     loop {
-        let mut tx = head::begin_append(pool, backend).await?;
+        let mut conn = pool.acquire().await?;
+        let mut tx = head::begin_append(&mut conn, backend).await?;
         let head = head::read(&mut tx, Lock::ForAppend(backend)).await?;
         let first_live: Option<i64> = sqlx::query(
             "SELECT seq FROM journal WHERE seq > $1 AND not_after >= $2 ORDER BY seq LIMIT 1",

@@ -1,6 +1,6 @@
 //! The chain's one-row state in `journal_head`: the last row appended and the prune anchor.
 
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyConnection, Connection, Transaction};
 
 use crate::store::codec::column;
 use crate::store::{Backend, StoreError};
@@ -30,20 +30,17 @@ pub(super) enum Lock {
 /// database's write lock up front, so two writers never both read the same head; PostgreSQL:
 /// [`read`] with [`Lock::ForAppend`] locks the head row.
 pub(super) async fn begin_append(
-    pool: &AnyPool,
+    conn: &mut AnyConnection,
     backend: Backend,
-) -> Result<Transaction<'static, Any>, StoreError> {
+) -> Result<Transaction<'_, Any>, StoreError> {
     Ok(match backend {
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => pool.begin().await?,
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => conn.begin().await?,
     })
 }
 
 /// Reads the head inside `tx`.
-pub(super) async fn read(
-    tx: &mut Transaction<'static, Any>,
-    lock: Lock,
-) -> Result<Head, StoreError> {
+pub(super) async fn read(tx: &mut Transaction<'_, Any>, lock: Lock) -> Result<Head, StoreError> {
     let sql = match lock {
         Lock::Snapshot | Lock::ForAppend(Backend::Sqlite) => {
             "SELECT head_seq, head_hash, anchor_seq, anchor_hash FROM journal_head WHERE id = 1"
@@ -67,7 +64,7 @@ pub(super) async fn read(
 
 /// Moves the head to `seq` / `hash` (after an append).
 pub(super) async fn set_head(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     seq: i64,
     hash: String,
 ) -> Result<(), StoreError> {
@@ -81,7 +78,7 @@ pub(super) async fn set_head(
 
 /// Moves the prune anchor to `seq` / `hash`.
 pub(super) async fn set_anchor(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     seq: i64,
     hash: String,
 ) -> Result<(), StoreError> {

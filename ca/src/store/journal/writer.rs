@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -193,9 +193,24 @@ impl Writer {
 
     /// Appends `batch` after the current head in one transaction; the rows as committed.
     async fn commit(&self, batch: &[Pending]) -> Result<Vec<JournalRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let result = self.commit_on(&mut conn, batch).await;
+        if result.is_err() {
+            // A failed append (a full disk, a lost server) can leave the connection inside its
+            // transaction; it must not serve the next batch.
+            conn.close_on_drop();
+        }
+        result
+    }
+
+    async fn commit_on(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Pending],
+    ) -> Result<Vec<JournalRow>, StoreError> {
         let issued_at = codec::now_unix()?;
         let issued_at_time = codec::from_unix(issued_at)?;
-        let mut tx = head::begin_append(&self.pool, self.backend).await?;
+        let mut tx = head::begin_append(conn, self.backend).await?;
         let head = head::read(&mut tx, head::Lock::ForAppend(self.backend)).await?;
         let mut seq = head.head_seq;
         let mut prev_hash = codec::parse_hash(&head.head_hash, "journal_head.head_hash")?;
@@ -242,7 +257,7 @@ impl Writer {
 }
 
 async fn insert(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     rows: &[JournalRow],
     pending: &[Pending],
     issued_at: i64,
