@@ -321,7 +321,15 @@ async fn the_node_svid_is_renewed_over_mtls_before_it_expires() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(agent.log().contains("renewed the node SVID"));
+    // The agent writes node.crt, connects with it, then logs the renewal.
+    while !agent.log().contains("renewed the node SVID") {
+        assert!(
+            Instant::now() < deadline,
+            "node.crt changed but no renewal was logged: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Past the first node SVID's end, the agent still gets workload certificates.
     std::thread::sleep(Duration::from_secs(4));
     let (ok, output) = agent.fetch_as(0);
