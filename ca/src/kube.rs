@@ -5,6 +5,10 @@
 //!   until the token expires.
 //! - [`issuer`] is the cert-manager external issuer: `HalyardIssuer` and `HalyardClusterIssuer`
 //!   sign `CertificateRequest`s through [`crate::server::Ca::issue`].
+//! - [`csr_signer`] is the Kubernetes CSR signer `halyard.dev/spiffe`: approved
+//!   `CertificateSigningRequest`s (Istio's `ISTIOD_RA_KUBERNETES_API`) are signed through the same
+//!   [`crate::server::Ca::issue`].
+//! - [`leader`] elects one of the CA's replicas, by a Lease, to run the issuer and the signer.
 //! - [`pods`] is the pod index: which service accounts run on which node, so that a node agent
 //!   (or ztunnel impersonating a workload) obtains only the identities of its own node's pods.
 //!
@@ -13,7 +17,9 @@
 //! ([`api_calls`]), from which `deploy/`'s RBAC is checked.
 
 pub mod api_calls;
+pub mod csr_signer;
 pub mod issuer;
+pub mod leader;
 pub mod pods;
 pub mod token_review;
 

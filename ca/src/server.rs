@@ -323,7 +323,8 @@ pub(crate) struct KubeAuth {
     pub(crate) ztunnel_service_accounts: Vec<String>,
 }
 
-/// Starts the pod index's watch and, when configured, the cert-manager issuer; returns what
+/// Starts the pod index's watch and, when configured, the cert-manager issuer and the CSR
+/// signer; returns what
 /// the gRPC APIs need.
 fn start_kubernetes(
     ca: &Arc<Ca>,
@@ -331,11 +332,35 @@ fn start_kubernetes(
     client: kube::Client,
     shutdown: &CancellationToken,
 ) -> KubeAuth {
-    if config.cert_manager_issuer {
-        tokio::spawn(crate::kube::issuer::run(
+    if config.cert_manager_issuer || config.csr_signer {
+        // One replica, the holder of the Lease, runs the controllers.
+        let (issuer, signer) = (config.cert_manager_issuer, config.csr_signer);
+        let (controllers_client, controllers_ca) = (client.clone(), ca.clone());
+        tokio::spawn(crate::kube::leader::run_while_leader(
             client.clone(),
-            ca.clone(),
+            client.default_namespace().to_owned(),
+            crate::kube::leader::identity(),
             shutdown.clone(),
+            move |stop| {
+                let (client, ca) = (controllers_client.clone(), controllers_ca.clone());
+                async move {
+                    let issuer_stop = stop.clone();
+                    tokio::join!(
+                        async {
+                            if issuer {
+                                crate::kube::issuer::run(client.clone(), ca.clone(), issuer_stop)
+                                    .await;
+                            }
+                        },
+                        async {
+                            if signer {
+                                crate::kube::csr_signer::run(client.clone(), ca.clone(), stop)
+                                    .await;
+                            }
+                        },
+                    );
+                }
+            },
         ));
     }
     let pods = Arc::new(PodIndex::new());

@@ -352,11 +352,9 @@ fn check_rbac(rendered: &Rendered, ca: &CaView<'_>) {
     let dir = &rendered.dir;
     let grants = rbac::grants(rendered);
     let agent = workloads::agent(rendered);
-    let issuer = ca
-        .config
-        .kubernetes
-        .as_ref()
-        .is_some_and(|k| k.cert_manager_issuer);
+    let kubernetes = ca.config.kubernetes.as_ref();
+    let issuer = kubernetes.is_some_and(|k| k.cert_manager_issuer);
+    let signer = kubernetes.is_some_and(|k| k.csr_signer);
     let ca_account = format!("{}/{}", ca.namespace, ca.service_account);
     let agent_account = format!("{}/{}", agent.namespace, agent.service_account);
     let none = BTreeSet::new();
@@ -364,13 +362,13 @@ fn check_rbac(rendered: &Rendered, ca: &CaView<'_>) {
         dir,
         &ca_account,
         grants.get(&ca_account).unwrap_or(&none),
-        &rbac::needed(Component::Ca, &ca.namespace, issuer),
+        &rbac::needed(Component::Ca, &ca.namespace, issuer, signer),
     );
     rbac::assert_exactly(
         dir,
         &agent_account,
         grants.get(&agent_account).unwrap_or(&none),
-        &rbac::needed(Component::Agent, &agent.namespace, issuer),
+        &rbac::needed(Component::Agent, &agent.namespace, issuer, signer),
     );
     for (account, permissions) in &grants {
         if *account == ca_account || *account == agent_account {

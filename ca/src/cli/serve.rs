@@ -130,6 +130,10 @@ pub(super) struct ServeArgs {
     /// [kubernetes] cert_manager_issuer: run the cert-manager issuer (default true).
     #[arg(long = "kubernetes-cert-manager-issuer")]
     kubernetes_cert_manager_issuer: Option<bool>,
+    /// [kubernetes] csr_signer: sign approved CertificateSigningRequests for the signer
+    /// halyard.dev/spiffe (default true).
+    #[arg(long = "kubernetes-csr-signer")]
+    kubernetes_csr_signer: Option<bool>,
 }
 
 impl ServeArgs {
@@ -172,6 +176,7 @@ impl ServeArgs {
                 .then(|| self.kubernetes_ztunnel_service_accounts.clone()),
             kubeconfig: self.kubeconfig.clone(),
             cert_manager_issuer: self.kubernetes_cert_manager_issuer,
+            csr_signer: self.kubernetes_csr_signer,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct KubernetesFile {
     pub kubeconfig: Option<PathBuf>,
     /// Run the cert-manager external issuer (default true).
     pub cert_manager_issuer: Option<bool>,
+    /// Run the Kubernetes CSR signer `halyard.dev/spiffe` (default true).
+    pub csr_signer: Option<bool>,
 }
 
 /// A checked `[kubernetes]` table.
@@ -45,6 +47,8 @@ pub struct KubernetesConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Whether the cert-manager issuer runs.
     pub cert_manager_issuer: bool,
+    /// Whether the Kubernetes CSR signer `halyard.dev/spiffe` runs.
+    pub csr_signer: bool,
 }
 
 impl KubernetesFile {
@@ -65,7 +69,8 @@ impl KubernetesFile {
             agent_service_accounts,
             ztunnel_service_accounts,
             kubeconfig,
-            cert_manager_issuer
+            cert_manager_issuer,
+            csr_signer
         )
     }
 }
@@ -133,6 +138,7 @@ pub(super) fn resolve(
         ztunnel_service_accounts,
         kubeconfig: table.kubeconfig,
         cert_manager_issuer: table.cert_manager_issuer.unwrap_or(true),
+        csr_signer: table.csr_signer.unwrap_or(true),
     }))
 }
 

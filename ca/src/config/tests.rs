@@ -359,6 +359,7 @@ fn kubernetes_is_off_unless_enabled_and_takes_defaults() {
             ztunnel_service_accounts: vec!["istio-system/ztunnel".into()],
             kubeconfig: None,
             cert_manager_issuer: true,
+            csr_signer: true,
         })
     );
 }
@@ -381,6 +382,7 @@ fn kubernetes_flags_fill_in_the_table() {
         kubernetes: Some(KubernetesFile {
             enabled: Some(true),
             cert_manager_issuer: Some(false),
+            csr_signer: Some(false),
             ..KubernetesFile::default()
         }),
         ..ConfigFile::default()
@@ -394,6 +396,7 @@ fn kubernetes_flags_fill_in_the_table() {
     assert_eq!(kubernetes.istio_audience, "mesh-ca");
     assert_eq!(kubernetes.agent_service_accounts, ["kube-system/halyard"]);
     assert!(!kubernetes.cert_manager_issuer);
+    assert!(!kubernetes.csr_signer);
 }
 
 #[test]

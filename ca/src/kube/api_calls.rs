@@ -9,10 +9,8 @@
 //!   ClusterRoles bound to the CA's and the agent's service accounts grant every entry and nothing
 //!   beyond the table.
 //!
-//! Entries with `wired: false` are calls whose code is still being written (the CSR signer,
-//! leader election): whoever wires one sets `wired` and trims any verb the code turns out not to
-//! need. The agent's entries are checked only by the deploy test: its tests swap the pod source
-//! behind a trait, not at the `kube::Client` seam.
+//! The agent's entries are checked only by the deploy test: its tests swap the pod source behind
+//! a trait, not at the `kube::Client` seam.
 
 /// The component whose service account makes a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +38,8 @@ pub enum When {
     Always,
     /// Only while the cert-manager issuer runs (`[kubernetes] cert_manager_issuer`).
     CertManagerIssuer,
+    /// Only while the CSR signer runs (`[kubernetes] csr_signer`).
+    CsrSigner,
 }
 
 /// One kind of request to the API server, as RBAC sees it.
@@ -62,8 +62,6 @@ pub struct ApiCall {
     pub scope: Scope,
     /// When it is made.
     pub when: When,
-    /// Whether the code making it exists yet.
-    pub wired: bool,
     /// What it is for.
     pub purpose: &'static str,
 }
@@ -110,7 +108,6 @@ const fn call(
         resource_name: None,
         scope,
         when: When::Always,
-        wired: true,
         purpose,
     }
 }
@@ -129,9 +126,9 @@ const fn cert_manager(call: ApiCall) -> ApiCall {
     }
 }
 
-const fn not_wired_yet(call: ApiCall) -> ApiCall {
+const fn csr_signer(call: ApiCall) -> ApiCall {
     ApiCall {
-        wired: false,
+        when: When::CsrSigner,
         ..call
     }
 }
@@ -262,17 +259,11 @@ pub const API_CALLS: &[ApiCall] = &[
         Cluster,
         "pod index: which service accounts run on which node",
     ),
-    // NOT WIRED YET: the Kubernetes CSR signer `halyard.dev/spiffe` (Istio's
-    // ISTIOD_RA_KUBERNETES_API).
-    not_wired_yet(call(
-        Ca,
-        "get",
-        CERTIFICATES,
-        "certificatesigningrequests",
-        Cluster,
-        "CSR signer: read CertificateSigningRequests",
-    )),
-    not_wired_yet(call(
+    // The Kubernetes CSR signer `halyard.dev/spiffe` (kube/csr_signer.rs; Istio's
+    // ISTIOD_RA_KUBERNETES_API): a watch of the CSRs of its signer name, and `PUT …/status` with
+    // the certificate or a Failed condition. The API server checks `sign` on the signer when a
+    // status write sets a certificate.
+    csr_signer(call(
         Ca,
         "list",
         CERTIFICATES,
@@ -280,7 +271,7 @@ pub const API_CALLS: &[ApiCall] = &[
         Cluster,
         "CSR signer: watch CertificateSigningRequests",
     )),
-    not_wired_yet(call(
+    csr_signer(call(
         Ca,
         "watch",
         CERTIFICATES,
@@ -288,15 +279,15 @@ pub const API_CALLS: &[ApiCall] = &[
         Cluster,
         "CSR signer: watch CertificateSigningRequests",
     )),
-    not_wired_yet(status(call(
+    csr_signer(status(call(
         Ca,
         "update",
         CERTIFICATES,
         "certificatesigningrequests",
         Cluster,
-        "CSR signer: write the signed certificate",
+        "CSR signer: write the signed certificate or a Failed condition",
     ))),
-    not_wired_yet(ApiCall {
+    csr_signer(ApiCall {
         resource_name: Some("halyard.dev/spiffe"),
         ..call(
             Ca,
@@ -307,31 +298,34 @@ pub const API_CALLS: &[ApiCall] = &[
             "CSR signer: sign for halyard.dev/spiffe",
         )
     }),
-    // NOT WIRED YET: leader election among CA replicas (one runs the controllers).
-    not_wired_yet(call(
+    // Leader election among CA replicas (kube/leader.rs): the holder of the Lease
+    // halyard-ca-controllers runs the cert-manager issuer and the CSR signer. kube-lease-manager
+    // reads the Lease, creates it when missing, and takes, renews and releases it by patches
+    // (server-side apply).
+    call(
         Ca,
         "get",
         COORDINATION,
         "leases",
         OwnNamespace,
         "leader election",
-    )),
-    not_wired_yet(call(
+    ),
+    call(
         Ca,
         "create",
         COORDINATION,
         "leases",
         OwnNamespace,
         "leader election",
-    )),
-    not_wired_yet(call(
+    ),
+    call(
         Ca,
-        "update",
+        "patch",
         COORDINATION,
         "leases",
         OwnNamespace,
         "leader election",
-    )),
+    ),
     // The agent's pod workload attestation (node-agent/src/attest/k8s.rs): a reflector on the
     // pods of its own node (`fieldSelector=spec.nodeName=<node>`: RBAC cannot limit a grant to
     // one node, so the grant is cluster-wide and the field selector is the code's).

@@ -135,7 +135,7 @@ fn error_policy<K>(_object: Arc<K>, error: &ReconcileError, _ctx: Arc<Context>) 
 
 /// Consumes a controller's results: the first failure of a run at warn (a missing CRD, RBAC),
 /// the same failure again at debug.
-async fn drain<T: Debug, E: std::fmt::Display>(
+pub(super) async fn drain<T: Debug, E: std::fmt::Display>(
     what: &'static str,
     results: impl Stream<Item = Result<T, E>>,
 ) {

@@ -51,6 +51,24 @@ pub enum IssueError {
     Journal(#[from] StoreError),
 }
 
+impl IssueError {
+    /// Whether this is a refusal of the request itself (a wrong CSR, an identity the policy does
+    /// not sign), which asking again will not change, rather than a passing state of the CA
+    /// (busy, rate limited, the journal or the intermediate unavailable).
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            IssueError::Csr(_) => true,
+            IssueError::Sign(sign) => !matches!(
+                sign,
+                SignError::IntermediateExpired(_)
+                    | SignError::IntermediateNotYetValid(_)
+                    | SignError::Sign(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl Ca {
     /// Signs `csr_der` for `grant` and returns the certificate only once its journal row is
     /// durable. `caller` names who asked (e.g. `node:worker-1`) for the journal; `rate_key`, when

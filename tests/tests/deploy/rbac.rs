@@ -174,12 +174,13 @@ fn expand(dir: &str, binding: &str, scope: &str, rules: &[PolicyRule]) -> Vec<Pe
     out
 }
 
-/// The permissions `component`'s calls need when it runs in `namespace` with the issuer on or
-/// off.
+/// The permissions `component`'s calls need when it runs in `namespace` with the cert-manager
+/// issuer and the CSR signer on or off.
 pub(crate) fn needed(
     component: Component,
     namespace: &str,
     cert_manager_issuer: bool,
+    csr_signer: bool,
 ) -> BTreeSet<Permission> {
     API_CALLS
         .iter()
@@ -187,6 +188,7 @@ pub(crate) fn needed(
         .filter(|call| match call.when {
             When::Always => true,
             When::CertManagerIssuer => cert_manager_issuer,
+            When::CsrSigner => csr_signer,
         })
         .map(|call: &ApiCall| Permission {
             scope: match call.scope {
@@ -226,7 +228,7 @@ pub(crate) fn assert_exactly(
 
 #[test]
 fn a_missing_and_an_extra_grant_are_both_named() {
-    let needed = needed(Component::Agent, "halyard", false);
+    let needed = needed(Component::Agent, "halyard", false, false);
     let mut granted = needed.clone();
     let dropped = granted.pop_first().unwrap();
     granted.insert(Permission {

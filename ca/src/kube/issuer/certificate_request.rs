@@ -26,8 +26,7 @@ use super::{
     Asked, CertificateRequest, Context, FIELD_MANAGER, GROUP, HalyardClusterIssuer, HalyardIssuer,
     Issuer, IssuerPolicy, PENDING_RETRY, ReconcileError, RequestCondition, k8s_time,
 };
-use crate::authority::{Csr, Grant, SignError, certs_to_pem, rfc3339};
-use crate::server::IssueError;
+use crate::authority::{Csr, Grant, certs_to_pem, rfc3339};
 
 /// A chain signed for a request, as the status carries it.
 #[derive(Clone, Debug)]
@@ -155,7 +154,7 @@ async fn sign(ctx: &Context, request: &CertificateRequest) -> Result<Action, Rec
         .await
     {
         Ok(svid) => svid,
-        Err(e) if is_permanent(&e) => return fail(ctx, request, &e.to_string()).await,
+        Err(e) if e.is_refusal() => return fail(ctx, request, &e.to_string()).await,
         Err(e) => {
             warn!(request = %describe(request), error = %e, "not signed yet; retrying");
             write_pending(ctx, request, &format!("halyard-ca cannot sign now: {e}")).await?;
@@ -209,20 +208,6 @@ async fn lookup<I: Issuer>(
     }
     Ok(evaluate(&issuer, &ctx.ca)
         .map_err(|not_ready| format!("{shown} is not ready: {}", not_ready.message)))
-}
-
-/// Whether a refusal of the CA is final (the request is wrong) rather than a passing state.
-fn is_permanent(error: &IssueError) -> bool {
-    match error {
-        IssueError::Csr(_) => true,
-        IssueError::Sign(sign) => !matches!(
-            sign,
-            SignError::IntermediateExpired(_)
-                | SignError::IntermediateNotYetValid(_)
-                | SignError::Sign(_)
-        ),
-        _ => false,
-    }
 }
 
 async fn fail(
