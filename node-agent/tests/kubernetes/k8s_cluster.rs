@@ -330,3 +330,111 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster: set KUBECONFIG"]
+async fn the_csr_signer_signs_an_approved_certificate_signing_request_on_a_real_cluster() {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequest, CertificateSigningRequestSpec,
+    };
+    use kube::api::{ObjectMeta, Patch, PatchParams};
+
+    let client = cluster().await;
+    // The CA elects itself (Lease halyard-ca-controllers in the kubeconfig's namespace) and runs
+    // the signer.
+    let ca = TestServer::start(
+        &ca_binary(),
+        &["--kubernetes", "--kubernetes-cert-manager-issuer", "false"],
+    );
+    let id = "spiffe://cluster.local/ns/halyard-e2e/sa/web";
+    let (_key, der) = halyard_ca::testing::key_and_csr(Some(id));
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+    let name = format!("halyard-e2e-{:08x}", rand_u32());
+    let csrs: Api<CertificateSigningRequest> = Api::all(client);
+    let request = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(pem.into_bytes()),
+            signer_name: "halyard.dev/spiffe".into(),
+            usages: Some(
+                [
+                    "digital signature",
+                    "key encipherment",
+                    "client auth",
+                    "server auth",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            expiration_seconds: Some(3600),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    };
+    csrs.create(&PostParams::default(), &request).await.unwrap();
+    let _cleanup = DeleteCsrOnDrop(csrs.clone(), name.clone());
+    let approval = serde_json::json!({"status": {"conditions": [{
+        "type": "Approved", "status": "True", "reason": "HalyardE2E",
+        "message": "approved by the end-to-end test",
+    }]}});
+    csrs.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let chain = loop {
+        let csr = csrs.get(&name).await.unwrap();
+        let status = csr.status.unwrap_or_default();
+        if let Some(failed) = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Failed")
+        {
+            panic!("the signer failed the CSR: {failed:?}");
+        }
+        if let Some(certificate) = status.certificate {
+            break certificate.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate after 60 s; CA log:\n{}",
+            ca.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let chain = halyard_ca::authority::certs_from_pem(&chain).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let svid = halyard_proto::validate_leaf(&chain[0]).unwrap();
+    assert_eq!(svid.spiffe_id().as_str(), id);
+    let journal = ca.cli(&["audit", "list"]).unwrap();
+    assert!(
+        journal.contains(&format!("k8s-csr:{name}")),
+        "journaled: {journal}"
+    );
+}
+
+/// Deletes a CertificateSigningRequest when dropped.
+struct DeleteCsrOnDrop(
+    Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest>,
+    String,
+);
+
+impl Drop for DeleteCsrOnDrop {
+    fn drop(&mut self) {
+        let (api, name) = (self.0.clone(), self.1.clone());
+        // Best effort, off the test's runtime (which may be shutting down).
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = runtime.block_on(api.delete(&name, &DeleteParams::default()));
+        })
+        .join();
+    }
+}
