@@ -82,6 +82,23 @@ impl Caller {
     }
 }
 
+/// How much of a caller's text a refusal quotes.
+const SHOWN_BYTES: usize = 128;
+
+/// `text` quoted for a refusal, cut after [`SHOWN_BYTES`] bytes: a status message travels in an
+/// HTTP/2 trailer, and echoing a megabyte name would make the refusal itself unreadable (the
+/// client's header limit) instead of precise.
+pub(crate) fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return format!("{text:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
 /// The status a caller sees when it cannot be attested: a pod the agent has not seen yet is
 /// worth retrying, anything else is a refusal.
 fn attest_status(error: &AttestError) -> Status {

@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::cache::TrustState;
-use crate::sds::{ROOTCA, SECRET_TYPE_URL};
+use crate::sds::{MAX_RESOURCE_NAMES, ROOTCA, SECRET_TYPE_URL};
 
 /// Most requests read from one input.
 const MAX_REQUESTS: usize = 8;
@@ -56,7 +56,9 @@ const FETCH_PATIENCE: Duration = Duration::from_secs(120);
 ///   the CA and served with its own private key;
 /// - the CA is never asked for an identity the caller may not hold;
 /// - a request is refused exactly when it names something the caller may not have, with
-///   `PERMISSION_DENIED` for identities and `INVALID_ARGUMENT` for names that are none;
+///   `PERMISSION_DENIED` for identities and `INVALID_ARGUMENT` for names that are none, or
+///   breaks the protocol (`INVALID_ARGUMENT`: another type than secrets, more than
+///   [`MAX_RESOURCE_NAMES`] names, a nonce on a stream's first request);
 /// - what may be served is served: `FetchSecrets` answers every name in order (or waits, only for
 ///   `ROOTCA` of an empty bundle), a stream ends up serving every name it asked for;
 /// - responses are numbered 1, 2, … and a delta removal names only what Envoy holds.
@@ -163,7 +165,18 @@ impl World {
 
     /// The code a request for `names` must be refused with: that of its first refused name.
     fn refusal(&self, names: &[String]) -> Option<Code> {
+        if names.len() > MAX_RESOURCE_NAMES {
+            return Some(Code::InvalidArgument);
+        }
         names.iter().find_map(|name| self.resolve(name).err())
+    }
+
+    /// The same for a request of `type_url`, which is checked first.
+    fn request_refusal(&self, type_url: &str, names: &[String]) -> Option<Code> {
+        if wrong_type(type_url) {
+            return Some(Code::InvalidArgument);
+        }
+        self.refusal(names)
     }
 
     /// Whether `name` can never be served (the validation context of an empty bundle).
@@ -180,6 +193,11 @@ impl World {
             );
         }
     }
+}
+
+/// Whether a request asks for another type than secrets (an empty type means secrets).
+fn wrong_type(type_url: &str) -> bool {
+    !type_url.is_empty() && type_url != SECRET_TYPE_URL
 }
 
 fn fixed_id(text: &str) -> SpiffeId {
@@ -206,11 +224,11 @@ fn fetch(world: &World, bytes: &[u8]) {
         return;
     };
     let names = request.resource_names.clone();
+    let refusal = world.request_refusal(&request.type_url, &names);
     let (answer, signed) = agent::with_agent(world.trust(), |mut client| async move {
         tokio::time::timeout(FETCH_PATIENCE, client.fetch_secrets(request)).await
     });
     world.check_signed(&signed);
-    let refusal = world.refusal(&names);
     let waits = names.iter().any(|name| world.never_ready(name));
     match answer {
         Err(_) => assert!(
@@ -296,7 +314,11 @@ fn state_of_the_world(world: &World, bytes: &[u8]) {
             check_secret(world, any, &asked);
         }
     }
-    check_end(world, &asked, end.as_ref());
+    let protocol_error = requests
+        .iter()
+        .any(|r| wrong_type(&r.type_url) || r.resource_names.len() > MAX_RESOURCE_NAMES)
+        || !requests[0].response_nonce.is_empty();
+    check_end(world, &asked, end.as_ref(), protocol_error);
 
     // A request with an empty nonce is never stale, so with none stale every request counts: the
     // stream is refused at the first that names something the caller may not have, or ends up
@@ -304,7 +326,7 @@ fn state_of_the_world(world: &World, bytes: &[u8]) {
     if requests.iter().all(|r| r.response_nonce.is_empty()) {
         let expected = requests
             .iter()
-            .find_map(|r| world.refusal(&r.resource_names));
+            .find_map(|r| world.request_refusal(&r.type_url, &r.resource_names));
         assert_eq!(
             end.as_ref().map(Status::code),
             expected,
@@ -377,13 +399,19 @@ fn delta(world: &World, bytes: &[u8]) {
         }
         ever_sent.extend(names);
     }
-    check_end(world, &asked, end.as_ref());
+    let protocol_error =
+        requests.iter().any(|r| wrong_type(&r.type_url)) || asked.len() > MAX_RESOURCE_NAMES;
+    check_end(world, &asked, end.as_ref(), protocol_error);
 
     // Delta requests are never stale: the subscription is the running sum of subscribes and
     // unsubscribes, and it is refused when it changes to include a name the caller may not have.
     let mut subscribed: Vec<String> = Vec::new();
     let mut expected = None;
     for (i, request) in requests.iter().enumerate() {
+        if wrong_type(&request.type_url) {
+            expected = Some(Code::InvalidArgument);
+            break;
+        }
         let before = subscribed.clone();
         for name in &request.resource_names_subscribe {
             if !subscribed.contains(name) {
@@ -414,14 +442,16 @@ fn delta(world: &World, bytes: &[u8]) {
     }
 }
 
-/// A stream may end in an error only to refuse a name that was asked for.
-fn check_end(world: &World, asked: &[String], end: Option<&Status>) {
+/// A stream may end in an error only to refuse a name that was asked for, or (with
+/// `INVALID_ARGUMENT`) a request that breaks the protocol.
+fn check_end(world: &World, asked: &[String], end: Option<&Status>, protocol_error: bool) {
     let Some(status) = end else {
         return;
     };
-    let justified = asked
-        .iter()
-        .any(|name| world.resolve(name).err() == Some(status.code()));
+    let justified = (protocol_error && status.code() == Code::InvalidArgument)
+        || asked
+            .iter()
+            .any(|name| world.resolve(name).err() == Some(status.code()));
     assert!(justified, "the stream for {asked:?} ended with {status:?}");
 }
 

@@ -24,7 +24,7 @@ use crate::cache::timing::{backoff, draw, refresh_at, retry_delay};
 use crate::cache::{SignRequest, SignedChain, SvidSigner, TrustState};
 use halyard_proto::transport::error_chain;
 
-pub use identity::NodeSvid;
+pub use identity::{NodeSvid, Stored};
 pub use trust::watch_trust;
 
 /// Why the agent could not join or talk to the CA.
@@ -42,11 +42,16 @@ pub enum NodeError {
         /// Why it is unusable.
         reason: String,
     },
-    /// No stored node SVID and no join token.
+    /// No usable stored node SVID and no join token.
     #[error(
-        "{0} holds no usable node SVID and neither --join-token (create one with `halyard-ca token create --node NAME`) nor --node-token-file was given"
+        "{dir} holds no usable node SVID ({why}) and neither --join-token (create one with `halyard-ca token create --node NAME`) nor --node-token-file was given"
     )]
-    NoCredential(PathBuf),
+    NoCredential {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why what it holds is not usable.
+        why: String,
+    },
     /// The projected service-account token file could not be read.
     #[error("--node-token-file {path}: {reason}")]
     TokenFile {
@@ -165,14 +170,31 @@ impl NodeClient {
                 endpoint.trust_bundle = pem;
             }
         }
-        let svid = match NodeSvid::load(&endpoint.data_dir)? {
-            Some(svid) if svid.not_after > SystemTime::now() + Duration::from_secs(10) => {
+        let stored = match NodeSvid::load(&endpoint.data_dir)? {
+            Stored::Nothing => Err("no node.key and node.crt yet".to_owned()),
+            Stored::Unusable(why) => Err(why),
+            Stored::Svid(svid) if svid.not_after <= SystemTime::now() + Duration::from_secs(10) => {
+                Err(format!(
+                    "the node SVID {} has expired or expires within 10 s",
+                    svid.spiffe_id
+                ))
+            }
+            Stored::Svid(svid) => svid
+                .issued_under(&endpoint.trust_bundle)
+                .map(|()| svid)
+                .map_err(|why| format!("{}: {why}", endpoint.data_dir.join("node.crt").display())),
+        };
+        let svid = match stored {
+            Ok(svid) => {
                 info!(id = %svid.spiffe_id, "using the stored node SVID");
                 svid
             }
-            _ => {
-                let credential =
-                    credential.ok_or_else(|| NodeError::NoCredential(endpoint.data_dir.clone()))?;
+            Err(why) => {
+                let credential = credential.ok_or_else(|| NodeError::NoCredential {
+                    dir: endpoint.data_dir.clone(),
+                    why: why.clone(),
+                })?;
+                info!(reason = %why, "no usable stored node SVID: attesting");
                 let svid = attest(&endpoint, Some(credential.read()?), None).await?;
                 svid.store(&endpoint.data_dir)?;
                 info!(id = %svid.spiffe_id, "attested with {}", credential.kind());
@@ -341,6 +363,13 @@ fn tls_endpoint(endpoint: &CaEndpoint, svid: Option<&NodeSvid>) -> Result<Endpoi
         address: endpoint.address.clone(),
         reason,
     };
+    // Without it, tonic would speak plain HTTP/2 to the CA's TLS port and report only that the
+    // call was cancelled.
+    if !endpoint.address.starts_with("https://") {
+        return Err(address_err(
+            "the CA is reached over TLS: give an https:// address".into(),
+        ));
+    }
     let mut tls =
         ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&endpoint.trust_bundle));
     if let Some(svid) = svid {

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use crate::caller::{AgentState, Caller};
 
 pub use secrets::{ROOTCA, SECRET_TYPE_URL};
+pub use subscriptions::MAX_RESOURCE_NAMES;
 
 /// The SDS service.
 pub struct Sds {
@@ -42,6 +43,18 @@ impl Sds {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Refuses a request for another type than secrets. An empty type is the service's own (Envoy
+/// always names it; other xDS servers infer it from the service too).
+fn check_type_url(type_url: &str) -> Result<(), Status> {
+    if type_url.is_empty() || type_url == SECRET_TYPE_URL {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "type_url {} is not served here: the Secret Discovery Service serves {SECRET_TYPE_URL} only",
+        crate::caller::shown(type_url)
+    )))
+}
 
 #[tonic::async_trait]
 impl SecretDiscoveryService for Sds {
@@ -98,6 +111,7 @@ impl SecretDiscoveryService for Sds {
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let caller = Caller::of(&request, self.state.attestor.as_ref()).await?;
         let request = request.into_inner();
+        check_type_url(&request.type_url)?;
         let mut subscriptions = subscriptions::Subscriptions::new(
             self.state.clone(),
             caller,

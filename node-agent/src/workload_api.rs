@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 
 use crate::cache::{SvidSlot, TrustState};
-use crate::caller::{AgentState, Caller};
+use crate::caller::{AgentState, Caller, shown};
 
 /// The Workload API service.
 pub struct WorkloadApi {
@@ -33,11 +33,16 @@ impl WorkloadApi {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Refuses requests without the security header the specification requires.
+/// Refuses requests without the security header the specification requires, or with another
+/// value than `true`.
 fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get("workload.spiffe.io") {
         Some(value) if value == "true" => Ok(()),
-        _ => Err(Status::invalid_argument(
+        Some(value) => Err(Status::invalid_argument(format!(
+            "security header workload.spiffe.io is {}: it must be \"true\"",
+            value.to_str().map_or_else(|_| "not text".to_owned(), shown)
+        ))),
+        None => Err(Status::invalid_argument(
             "security header missing from request: workload.spiffe.io: true",
         )),
     }

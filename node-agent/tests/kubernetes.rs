@@ -216,9 +216,11 @@ async fn a_caller_in_a_pod_gets_its_service_account_identity_over_the_socket() {
 /// Runs `halyard-agent run` with `flags` against nothing (these fail before any connection).
 fn run_agent(dir: &Path, flags: &[&str]) -> (bool, String) {
     let bundle = dir.join("bundle.pem");
+    // A real certificate: the agent refuses a bundle it cannot read before anything else.
+    let cert = halyard_ca::testing::self_signed_leaf("spiffe://cluster.local/x");
     std::fs::write(
         &bundle,
-        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        halyard_ca::authority::certs_to_pem([cert.as_slice()]),
     )
     .unwrap();
     let out = Command::new(agent_binary())

@@ -9,6 +9,17 @@ use zeroize::Zeroizing;
 
 use crate::cache::pem_certs;
 
+/// What the data directory holds.
+pub enum Stored {
+    /// Neither `node.key` nor `node.crt` (a node that never joined).
+    Nothing,
+    /// Files that do not make a node SVID, and why (a crash between the two writes, a damaged
+    /// or foreign file).
+    Unusable(String),
+    /// A node SVID whose key and certificate belong together.
+    Svid(NodeSvid),
+}
+
 /// The node's own X509-SVID.
 pub struct NodeSvid {
     /// `spiffe://<td>/halyard/node/<name>`.
@@ -93,30 +104,97 @@ impl NodeSvid {
 
     /// The stored node SVID, if both files are there and agree; a key file others can read is
     /// refused.
-    pub fn load(dir: &Path) -> Result<Option<NodeSvid>, FileError> {
+    pub fn load(dir: &Path) -> Result<Stored, FileError> {
         let (key_path, crt_path) = (dir.join("node.key"), dir.join("node.crt"));
-        if !key_path.exists() || !crt_path.exists() {
-            return Ok(None);
+        match (key_path.exists(), crt_path.exists()) {
+            (false, false) => return Ok(Stored::Nothing),
+            (true, false) => return Ok(unusable(format!("{} is missing", crt_path.display()))),
+            (false, true) => return Ok(unusable(format!("{} is missing", key_path.display()))),
+            (true, true) => {}
         }
         let key = files::read_secret(&key_path)?;
         let crt = files::read_public(&crt_path)?;
         let chain: Vec<Vec<u8>> = match pem::parse_many(&crt) {
+            // `parse_many` skips a block cut short (a crash while writing, a full disk).
+            Ok(blocks) if count(&crt, b"-----BEGIN ") != blocks.len() => {
+                return Ok(unusable(format!(
+                    "{} is cut short: {} PEM blocks begin, only {} ends",
+                    crt_path.display(),
+                    count(&crt, b"-----BEGIN "),
+                    blocks.len()
+                )));
+            }
             Ok(blocks) => blocks.into_iter().map(|b| b.into_contents()).collect(),
-            Err(_) => return Ok(None),
+            Err(e) => return Ok(unusable(format!("{} is not PEM: {e}", crt_path.display()))),
         };
         let key_pem = Zeroizing::new(String::from_utf8_lossy(&key).into_owned());
-        // A key and certificate written by different runs (a crash between the two writes) do
-        // not belong together: start over with a token.
         let Ok(pair) = rcgen::KeyPair::from_pem(&key_pem) else {
-            return Ok(None);
+            return Ok(unusable(format!(
+                "{} is not a PEM private key",
+                key_path.display()
+            )));
         };
         let svid = match NodeSvid::from_parts(chain, key_pem) {
             Ok(svid) => svid,
-            Err(_) => return Ok(None),
+            Err(e) => {
+                return Ok(unusable(format!(
+                    "{} holds no node SVID: {e}",
+                    crt_path.display()
+                )));
+            }
         };
+        // A key and certificate written by different runs (a crash between the two writes) do
+        // not belong together: start over with a token.
         let matches = x509_parser::parse_x509_certificate(&svid.chain[0]).is_ok_and(|(_, c)| {
             c.public_key().subject_public_key.data.as_ref() == pair.public_key_raw()
         });
-        Ok(matches.then_some(svid))
+        if !matches {
+            return Ok(unusable(format!(
+                "{} does not hold the key of the certificate in {}",
+                key_path.display(),
+                crt_path.display()
+            )));
+        }
+        Ok(Stored::Svid(svid))
     }
+
+    /// Whether the chain leads to one of the roots in `bundle_pem` (the CA checks client
+    /// certificates against the same roots): a node SVID of another CA or trust domain would
+    /// be refused at every handshake, so it is as good as none.
+    pub fn issued_under(&self, bundle_pem: &str) -> Result<(), String> {
+        let roots: Vec<Vec<u8>> = pem::parse_many(bundle_pem)
+            .map(|blocks| blocks.into_iter().map(|b| b.into_contents()).collect())
+            .unwrap_or_default();
+        let top = self.chain.last().ok_or("empty chain")?;
+        let issued = roots.contains(top)
+            || x509_parser::parse_x509_certificate(top).is_ok_and(|(_, top)| {
+                roots.iter().any(|root| {
+                    x509_parser::parse_x509_certificate(root).is_ok_and(|(_, root)| {
+                        top.verify_signature(Some(root.public_key())).is_ok()
+                    })
+                })
+            });
+        if issued {
+            Ok(())
+        } else {
+            let n = self.chain.len();
+            Err(format!(
+                "the chain of the node SVID {} ({n} certificate{}) leads to no root of the trust bundle",
+                self.spiffe_id,
+                if n == 1 { "" } else { "s" }
+            ))
+        }
+    }
+}
+
+/// How often `needle` occurs in `haystack`.
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+fn unusable(reason: String) -> Stored {
+    Stored::Unusable(reason)
 }

@@ -1,7 +1,7 @@
 //! `DeltaSecrets`: incremental SDS. Only resources that changed are sent; resources the caller
 //! may no longer have are removed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::SECRET_TYPE_URL;
 use super::entitlements::Entitlements;
 use super::subscriptions::{Event, Subscriptions, next_event};
+use super::{SECRET_TYPE_URL, check_type_url};
 use crate::caller::{AgentState, Caller};
 
 pub(super) async fn serve(
@@ -34,6 +34,10 @@ pub(super) async fn serve(
             Event::Done => return,
             Event::Changed => {}
             Event::Request(request) => {
+                if let Err(status) = check_type_url(&request.type_url) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 if !request.response_nonce.is_empty() {
                     match &request.error_detail {
                         Some(error) => {
@@ -48,14 +52,24 @@ pub(super) async fn serve(
                     held.extend(request.initial_resource_versions.clone());
                 }
                 let before = names.clone();
+                // Sets, not list scans: a request may name many thousands (the limit applies
+                // to what stays subscribed, below).
+                let mut subscribed: HashSet<&str> = names.iter().map(String::as_str).collect();
+                let mut added = Vec::new();
                 for name in &request.resource_names_subscribe {
-                    if !names.contains(name) {
-                        names.push(name.clone());
+                    if subscribed.insert(name) {
+                        added.push(name.clone());
                     }
                 }
-                for name in &request.resource_names_unsubscribe {
-                    names.retain(|n| n != name);
-                    held.remove(name);
+                let unsubscribe: HashSet<&str> = request
+                    .resource_names_unsubscribe
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                names.extend(added);
+                names.retain(|n| !unsubscribe.contains(n.as_str()));
+                for name in &unsubscribe {
+                    held.remove(*name);
                 }
                 if started && names == before {
                     continue;

@@ -6,10 +6,10 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::SECRET_TYPE_URL;
 use super::entitlements::Entitlements;
 use super::subscriptions::{Event, Subscriptions, next_event};
-use crate::caller::{AgentState, Caller};
+use super::{SECRET_TYPE_URL, check_type_url};
+use crate::caller::{AgentState, Caller, shown};
 
 pub(super) async fn serve(
     state: AgentState,
@@ -29,6 +29,20 @@ pub(super) async fn serve(
             Event::Done => return,
             Event::Changed => {}
             Event::Request(request) => {
+                if let Err(status) = check_type_url(&request.type_url) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+                // A nonce on the first request answers nothing this stream sent (Envoy clears
+                // it on a new stream): ignoring it as stale would leave the stream unanswered.
+                if !started && !request.response_nonce.is_empty() {
+                    let status = Status::invalid_argument(format!(
+                        "response_nonce {} answers no response: this stream has sent none, so its first request must carry no nonce",
+                        shown(&request.response_nonce)
+                    ));
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 if !request.response_nonce.is_empty() {
                     if request.response_nonce != last_nonce {
                         debug!(nonce = %request.response_nonce, "stale nonce; request ignored");

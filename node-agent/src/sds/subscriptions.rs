@@ -14,7 +14,12 @@ use tracing::debug;
 use super::entitlements::{CallerView, Entitlements};
 use super::secrets::{ROOTCA, tls_certificate, validation_context};
 use crate::cache::{SvidSlot, TrustState};
-use crate::caller::{AgentState, Caller};
+use crate::caller::{AgentState, Caller, shown};
+
+/// Most names one stream (or one `FetchSecrets`) may ask for. Every name costs a secret in each
+/// response: without a limit, one request of a few megabytes naming `ROOTCA` again and again
+/// would make the agent build responses of hundreds of megabytes. Envoy asks for a handful.
+pub const MAX_RESOURCE_NAMES: usize = 1024;
 
 /// One resource as it stands: its name, a version that changes with its content, the secret.
 pub(super) struct Resource {
@@ -97,14 +102,26 @@ impl Subscriptions {
         match SpiffeId::new(name) {
             Ok(id) if view.may_hold(&self.caller, &id) => Ok(Source::Svid(id)),
             Ok(id) => Err(self.caller.refusal(id.as_str())),
+            Err(e) if name.starts_with("spiffe://") => Err(Status::invalid_argument(format!(
+                "resource name {} is not a valid SPIFFE ID: {e}",
+                shown(name)
+            ))),
             Err(_) => Err(Status::invalid_argument(format!(
-                "resource name {name:?} is neither \"default\", \"{ROOTCA}\" nor a SPIFFE ID"
+                "resource name {} is neither \"default\", \"{ROOTCA}\" nor a SPIFFE ID",
+                shown(name)
             ))),
         }
     }
 
-    /// Serves `names` from now on. Every name must be one the caller may have.
+    /// Serves `names` from now on. Every name must be one the caller may have, and there may be
+    /// at most [`MAX_RESOURCE_NAMES`].
     pub(super) async fn set(&mut self, names: &[String]) -> Result<(), Status> {
+        if names.len() > MAX_RESOURCE_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "{} resource names requested; the limit is {MAX_RESOURCE_NAMES}",
+                names.len()
+            )));
+        }
         let trust = self.trust.borrow().clone();
         let view = self.entitlements.of(&trust);
         let mut wanted = Vec::new();
