@@ -74,6 +74,34 @@ pub enum NodeError {
     /// The node SVID the CA returned is not usable.
     #[error("the CA returned an unusable node SVID: {0}")]
     BadSvid(String),
+    /// The bundle the CA last pushed, kept in the data directory, is damaged.
+    #[error(
+        "{path}: {why} (it holds the roots the CA last pushed; remove it to trust --trust-bundle again)"
+    )]
+    StoredBundle {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Why `pem` is not a trust bundle: the TLS library would skip a certificate it cannot read, and
+/// the agent would then say only that the CA's certificate has an unknown issuer.
+pub fn check_bundle(pem: &str) -> Result<(), String> {
+    let blocks = pem::parse_many(pem).map_err(|e| format!("not PEM: {e}"))?;
+    if pem.matches("-----BEGIN ").count() != blocks.len() {
+        return Err("a PEM block is cut short".into());
+    }
+    let certs: Vec<_> = blocks.iter().filter(|b| b.tag() == "CERTIFICATE").collect();
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(cert.contents())
+            .map_err(|e| format!("certificate {} is not a DER X.509 certificate: {e}", i + 1))?;
+    }
+    Ok(())
 }
 
 /// What a node attests with when it holds no usable node SVID.
@@ -162,13 +190,18 @@ impl NodeClient {
     ) -> Result<NodeClient, NodeError> {
         let stored = endpoint.data_dir.join("bundle.pem");
         if stored.exists() {
-            let pem = halyard_proto::files::read_public(&stored)?;
-            if let Ok(pem) = String::from_utf8(pem)
-                && pem.contains("-----BEGIN CERTIFICATE-----")
-            {
-                debug!(path = %stored.display(), "trusting the bundle the CA last pushed");
-                endpoint.trust_bundle = pem;
-            }
+            // A damaged bundle is refused, not skipped: after a root rotation the bootstrap
+            // bundle may no longer name the CA's root, and the agent would then fail later with
+            // only "unknown issuer" to say why.
+            let pem = String::from_utf8(halyard_proto::files::read_public(&stored)?)
+                .map_err(|_| "not UTF-8 text".to_owned())
+                .and_then(|pem| check_bundle(&pem).map(|()| pem))
+                .map_err(|why| NodeError::StoredBundle {
+                    path: stored.clone(),
+                    why,
+                })?;
+            debug!(path = %stored.display(), "trusting the bundle the CA last pushed");
+            endpoint.trust_bundle = pem;
         }
         let stored = match NodeSvid::load(&endpoint.data_dir)? {
             Stored::Nothing => Err("no node.key and node.crt yet".to_owned()),

@@ -4,14 +4,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use halyard_proto::api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::caller::AgentState;
-use crate::sds::Sds;
+use crate::sds::SdsServer;
 use crate::workload_api::WorkloadApi;
 
 /// Binds `path` (replacing a stale socket file left by a crash) and serves until `shutdown`.
@@ -22,7 +21,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = bind(path)?;
     let result = tonic::transport::Server::builder()
-        .add_service(SecretDiscoveryServiceServer::new(Sds::new(state.clone())))
+        .add_service(SdsServer::new(state.clone()))
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(state)))
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),

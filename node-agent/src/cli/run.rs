@@ -118,7 +118,7 @@ impl RunArgs {
             .ok_or("--trust-bundle is required (the CA's bundle.pem)")?;
         let trust_bundle = std::fs::read_to_string(&trust_bundle_path)
             .map_err(|e| format!("--trust-bundle {}: {e}", trust_bundle_path.display()))?;
-        check_bundle(&trust_bundle)
+        crate::node::check_bundle(&trust_bundle)
             .map_err(|why| format!("--trust-bundle {}: {why}", trust_bundle_path.display()))?;
         let socket = args
             .socket
@@ -195,24 +195,6 @@ impl RunArgs {
             .await
         })
     }
-}
-
-/// Why `pem` is not a trust bundle: the TLS library would skip a certificate it cannot read, and
-/// the agent would then say only that the CA's certificate has an unknown issuer.
-fn check_bundle(pem: &str) -> Result<(), String> {
-    let blocks = pem::parse_many(pem).map_err(|e| format!("not PEM: {e}"))?;
-    if pem.matches("-----BEGIN ").count() != blocks.len() {
-        return Err("a PEM block is cut short".into());
-    }
-    let certs: Vec<_> = blocks.iter().filter(|b| b.tag() == "CERTIFICATE").collect();
-    if certs.is_empty() {
-        return Err("no PEM certificate in it".into());
-    }
-    for (i, cert) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(cert.contents())
-            .map_err(|e| format!("certificate {} is not a DER X.509 certificate: {e}", i + 1))?;
-    }
-    Ok(())
 }
 
 /// Runs the agent; `kubernetes` is `Some(node name if given)` in Kubernetes mode.

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use halyard_proto::SpiffeId;
 use halyard_proto::api::ca::{Entry, Selector};
 use rcgen::{
@@ -27,7 +26,7 @@ use tonic::transport::server::UdsConnectInfo;
 use crate::attest::{AttestError, Attestor, Workload};
 use crate::cache::{Cache, CacheOptions, SignRequest, SignedChain, SvidSigner, TrustState};
 use crate::caller::AgentState;
-use crate::sds::Sds;
+use crate::sds::SdsServer;
 
 /// The selector the caller is attested with; entries it is entitled to carry it.
 pub(super) const CALLER_SELECTOR: (&str, &str, &str) = ("unix", "uid", "1000");
@@ -71,7 +70,7 @@ where
             attestor: Arc::new(FixedAttestor),
         };
         let service = InProcess {
-            server: SecretDiscoveryServiceServer::new(Sds::new(state)),
+            server: SdsServer::new(state),
             cred: own_credentials().await,
         };
         let out = body(SecretDiscoveryServiceClient::new(service)).await;
@@ -118,12 +117,11 @@ async fn own_credentials() -> UCred {
 /// as the agent's unix socket would give it, and goes straight to the service.
 #[derive(Clone)]
 pub(super) struct InProcess {
-    server: SecretDiscoveryServiceServer<Sds>,
+    server: SdsServer,
     cred: UCred,
 }
 
-type ServerFuture =
-    <SecretDiscoveryServiceServer<Sds> as tower::Service<http::Request<tonic::body::Body>>>::Future;
+type ServerFuture = <SdsServer as tower::Service<http::Request<tonic::body::Body>>>::Future;
 
 impl tower::Service<http::Request<tonic::body::Body>> for InProcess {
     type Response = http::Response<tonic::body::Body>;

@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use super::entitlements::Entitlements;
@@ -20,7 +19,7 @@ pub(super) async fn serve(
     caller: Caller,
     entitlements: Entitlements,
     mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: super::Outgoing<DeltaDiscoveryResponse>,
 ) {
     let mut subscriptions = Subscriptions::new(state, caller, entitlements);
     let mut names: Vec<String> = Vec::new();
@@ -130,7 +129,7 @@ pub(super) async fn serve(
             nonce: nonce.to_string(),
             ..DeltaDiscoveryResponse::default()
         };
-        if tx.send(Ok(response)).await.is_err() {
+        if tx.send(Ok(Box::new(response))).await.is_err() {
             return;
         }
     }

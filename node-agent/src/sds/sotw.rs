@@ -2,7 +2,6 @@
 //! that the caller may have; withdrawn ones are omitted.
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -16,7 +15,7 @@ pub(super) async fn serve(
     caller: Caller,
     entitlements: Entitlements,
     mut requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: super::Outgoing<DiscoveryResponse>,
 ) {
     let mut subscriptions = Subscriptions::new(state, caller, entitlements);
     let mut started = false;
@@ -97,7 +96,7 @@ pub(super) async fn serve(
             ..DiscoveryResponse::default()
         };
         debug!(version, resources = ?fingerprint, withdrawn = ?current.withdrawn, "sending secrets");
-        if tx.send(Ok(response)).await.is_err() {
+        if tx.send(Ok(Box::new(response))).await.is_err() {
             return;
         }
         sent = Some(fingerprint);

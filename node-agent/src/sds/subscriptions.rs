@@ -249,7 +249,7 @@ pub(super) async fn next_event<R, T>(
     requests: &mut Streaming<R>,
     subscriptions: &mut Subscriptions,
     started: bool,
-    tx: &mpsc::Sender<Result<T, Status>>,
+    tx: &super::Outgoing<T>,
 ) -> Event<R> {
     tokio::select! {
         request = requests.message() => match request {

@@ -181,6 +181,29 @@ fn cli_rows(f: &Cli) -> Vec<CliRow> {
             std::fs::copy(f.foreign.join(file), d.join(file)).unwrap();
         }
     });
+    let bundle_garbage = f.data_dir("data-bundle-garbage", |d| {
+        std::fs::write(d.join("bundle.pem"), "garbage\n").unwrap()
+    });
+    let bundle_binary = f.data_dir("data-bundle-binary", |d| {
+        std::fs::write(d.join("bundle.pem"), [0xff, 0xfe, 0x00, 0x80]).unwrap()
+    });
+    let bundle_truncated = f.data_dir("data-bundle-truncated", |d| {
+        // A crash mid-write, had the agent not written through a temporary file.
+        let pem = std::fs::read_to_string(f.ca.data_dir().join("bundle.pem")).unwrap();
+        std::fs::write(d.join("bundle.pem"), &pem[..pem.len() / 2]).unwrap()
+    });
+    let bundle_not_x509 = f.data_dir("data-bundle-not-x509", |d| {
+        std::fs::write(
+            d.join("bundle.pem"),
+            pem::encode(&pem::Pem::new("CERTIFICATE", b"not DER".to_vec())),
+        )
+        .unwrap()
+    });
+    let stored_bundle = |dir: &str, why: &str| {
+        format!(
+            "halyard-agent: error: {dir}/bundle.pem: {why} (it holds the roots the CA last pushed; remove it to trust --trust-bundle again)"
+        )
+    };
     let file_as_dir = f.write("plain-file", "", 0o644);
     let long_socket = format!("{}/{}.sock", f.path("s"), "s".repeat(120));
     let in_use = f.running.socket().display().to_string();
@@ -586,6 +609,33 @@ fn cli_rows(f: &Cli) -> Vec<CliRow> {
             f.run(&["--data-dir", &crt_missing]),
             error,
             no_svid(&crt_missing, format!("{crt_missing}/node.crt is missing")),
+        ),
+        (
+            "a stored trust bundle that is not PEM",
+            f.run(&["--data-dir", &bundle_garbage]),
+            error,
+            stored_bundle(&bundle_garbage, "no PEM certificate in it"),
+        ),
+        (
+            "a stored trust bundle that is not text",
+            f.run(&["--data-dir", &bundle_binary]),
+            error,
+            stored_bundle(&bundle_binary, "not UTF-8 text"),
+        ),
+        (
+            "a truncated stored trust bundle",
+            f.run(&["--data-dir", &bundle_truncated]),
+            error,
+            stored_bundle(&bundle_truncated, "a PEM block is cut short"),
+        ),
+        (
+            "a stored trust bundle whose certificate is not X.509",
+            f.run(&["--data-dir", &bundle_not_x509]),
+            error,
+            stored_bundle(
+                &bundle_not_x509,
+                "certificate 1 is not a DER X.509 certificate: Parsing Error: NomError(Eof)",
+            ),
         ),
         (
             "a node SVID of another trust domain",
