@@ -88,7 +88,7 @@ pub enum NodeError {
 
 /// Why `pem` is not a trust bundle: the TLS library would skip a certificate it cannot read, and
 /// the agent would then say only that the CA's certificate has an unknown issuer.
-pub fn check_bundle(pem: &str) -> Result<(), String> {
+pub(crate) fn check_bundle(pem: &str) -> Result<(), String> {
     let blocks = pem::parse_many(pem).map_err(|e| format!("not PEM: {e}"))?;
     if pem.matches("-----BEGIN ").count() != blocks.len() {
         return Err("a PEM block is cut short".into());

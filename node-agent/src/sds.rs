@@ -113,12 +113,14 @@ where
         let sds = self.sds.clone();
         match request.uri().path() {
             "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => Box::pin(async {
-                let mut grpc = Grpc::new(SmallBuffers::default());
-                Ok(grpc.streaming(StreamSecrets(sds), request).await)
+                Ok(Grpc::new(SmallBuffers::default())
+                    .streaming(StreamSecrets(sds), request)
+                    .await)
             }),
             "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => Box::pin(async {
-                let mut grpc = Grpc::new(SmallBuffers::default());
-                Ok(grpc.streaming(DeltaSecrets(sds), request).await)
+                Ok(Grpc::new(SmallBuffers::default())
+                    .streaming(DeltaSecrets(sds), request)
+                    .await)
             }),
             _ => self.generated.call(request),
         }
