@@ -3,6 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::chain::{ChainInput, row_hash};
 use super::writer::Validated;
 use super::*;
+use crate::store::Backend;
 
 fn input<'a>(der: &'a [u8; 32]) -> ChainInput<'a> {
     ChainInput {
@@ -199,4 +200,29 @@ async fn the_writer_stops_when_the_last_handle_goes() {
     })
     .await
     .expect("the writer did not close the pool after the last Store was dropped");
+}
+
+#[test]
+fn batches_split_into_full_chunks_then_powers_of_two() {
+    let sizes = |rows| writer::chunk_sizes(rows, 32).collect::<Vec<_>>();
+    assert_eq!(sizes(0), Vec::<usize>::new());
+    assert_eq!(sizes(1), [1]);
+    assert_eq!(sizes(23), [16, 4, 2, 1]);
+    assert_eq!(sizes(32), [32]);
+    assert_eq!(sizes(100), [32, 32, 32, 4]);
+    for rows in 0..300 {
+        let chunks = sizes(rows);
+        assert_eq!(chunks.iter().sum::<usize>(), rows);
+        assert!(chunks.iter().all(|size| size.is_power_of_two() && *size <= 32));
+    }
+}
+
+#[test]
+fn insert_placeholders_suit_each_engine() {
+    let sqlite = writer::insert_sql(Backend::Sqlite, 2);
+    assert_eq!(sqlite.matches('?').count(), 22);
+    assert!(!sqlite.contains('$'));
+    let postgres = writer::insert_sql(Backend::Postgres, 2);
+    assert!(postgres.contains("($1, $2,") && postgres.ends_with("$21, $22)"));
+    assert!(!postgres.contains('?'));
 }

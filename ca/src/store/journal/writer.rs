@@ -6,24 +6,70 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::chain::{self, ChainInput};
 use super::head;
 use super::{IssuedRecord, JournalRow, JournalStats};
-use crate::store::codec::{self, Bind, Sql};
+use crate::store::codec;
 use crate::store::{Backend, StoreError, StoreOptions};
 
-/// Rows per `INSERT` statement (11 parameters each: far below both engines' limits). Measured:
-/// PostgreSQL gains from every round trip saved, while sqlx's SQLite binding slows down faster
-/// than linearly with a statement's parameter count (256 rows: ~3x slower than 32).
-fn insert_chunk(backend: Backend) -> usize {
+/// The most rows one `INSERT` statement carries (11 parameters each: far below both engines'
+/// limits). PostgreSQL gains from every round trip saved; on SQLite each statement is a hop to
+/// sqlx's worker thread, but binding slows down with a statement's parameter count.
+fn max_chunk(backend: Backend) -> usize {
     match backend {
         Backend::Sqlite => 32,
         Backend::Postgres => 256,
     }
+}
+
+/// How `rows` rows are split into statements: full chunks of `max`, then the rest in powers of
+/// two. There are then at most log2(`max`) + 1 statement texts, so each stays prepared on its
+/// connection (re-preparing a 32-row statement cost SQLite more than executing it).
+pub(super) fn chunk_sizes(mut rows: usize, max: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if rows == 0 {
+            return None;
+        }
+        let size = if rows >= max {
+            max
+        } else {
+            1 << rows.ilog2()
+        };
+        rows -= size;
+        Some(size)
+    })
+}
+
+/// `INSERT` of `rows` journal rows. SQLite gets anonymous `?` placeholders: it resolves each
+/// `$n` by name, by a linear search, so binding 352 of them cost quadratic time.
+pub(super) fn insert_sql(backend: Backend, rows: usize) -> String {
+    const COLUMNS: usize = 11;
+    let mut sql = String::from(
+        "INSERT INTO journal (seq, serial, spiffe_id, caller, authority, not_before, not_after, \
+         der_sha256, issued_at, prev_hash, row_hash) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * COLUMNS + column + 1).to_string());
+                }
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// A record checked and converted to what is stored, before it is queued: nothing about one
@@ -84,9 +130,13 @@ impl WriterHandle {
     pub(in crate::store) fn start(pool: AnyPool, backend: Backend, options: StoreOptions) -> Self {
         let (queue, requests) = mpsc::channel(options.queue_depth);
         let stats = Arc::new(Stats::default());
+        let max = max_chunk(backend);
+        debug_assert!(max.is_power_of_two());
         let writer = Writer {
             pool,
             backend,
+            // Every chunk size is a power of two: statement i carries 2^i rows.
+            statements: (0..=max.ilog2()).map(|i| insert_sql(backend, 1 << i)).collect(),
             max_batch: options.max_batch,
             stats: Arc::clone(&stats),
         };
@@ -148,23 +198,44 @@ impl Stats {
 struct Writer {
     pool: AnyPool,
     backend: Backend,
+    /// The `INSERT` for each chunk size of [`chunk_sizes`], by log2 of its row count.
+    statements: Vec<String>,
     max_batch: usize,
     stats: Arc<Stats>,
 }
 
 impl Writer {
+    fn statement(&self, rows: usize) -> &str {
+        &self.statements[rows.ilog2() as usize]
+    }
+
     async fn run(self, mut requests: mpsc::Receiver<Pending>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut failing = false;
+        // The writer keeps one connection: its page cache stays warm (on SQLite, a connection
+        // that another one wrote behind must drop its cache and re-read the pages it touches).
+        let mut conn = None;
         // Ends when every `WriterHandle` is gone and the queue is drained.
         while requests.recv_many(&mut batch, self.max_batch).await > 0 {
+            // Let every request that is ready to be journaled get here first: a busy CA then
+            // commits fewer, bigger batches (each commit's fsync and WAL pages cost the same
+            // whatever its size), and an idle one loses only the yield.
+            if batch.len() < self.max_batch {
+                tokio::task::yield_now().await;
+                while batch.len() < self.max_batch {
+                    match requests.try_recv() {
+                        Ok(pending) => batch.push(pending),
+                        Err(_) => break,
+                    }
+                }
+            }
             // A caller that stopped waiting will never hand out its certificate: no row for it.
             batch.retain(|pending: &Pending| !pending.reply.is_closed());
             if batch.is_empty() {
                 continue;
             }
             let started = Instant::now();
-            match self.commit(&batch).await {
+            match self.commit(&mut conn, &batch).await {
                 Ok(rows) => {
                     self.stats.committed(rows.len(), started.elapsed());
                     failing = false;
@@ -187,18 +258,29 @@ impl Writer {
                 }
             }
         }
+        drop(conn);
         self.pool.close().await;
         tracing::debug!("journal writer stopped");
     }
 
-    /// Appends `batch` after the current head in one transaction; the rows as committed.
-    async fn commit(&self, batch: &[Pending]) -> Result<Vec<JournalRow>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let result = self.commit_on(&mut conn, batch).await;
+    /// Appends `batch` after the current head in one transaction on the writer's connection
+    /// (taken from the pool when it has none); the rows as committed.
+    async fn commit(
+        &self,
+        conn: &mut Option<PoolConnection<Any>>,
+        batch: &[Pending],
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let held = match conn {
+            Some(held) => held,
+            None => conn.insert(self.pool.acquire().await?),
+        };
+        let result = self.commit_on(held, batch).await;
         if result.is_err() {
             // A failed append (a full disk, a lost server) can leave the connection inside its
             // transaction; it must not serve the next batch.
-            conn.close_on_drop();
+            if let Some(mut failed) = conn.take() {
+                failed.close_on_drop();
+            }
         }
         result
     }
@@ -246,9 +328,12 @@ impl Writer {
             prev_hash = row_hash;
         }
 
-        let size = insert_chunk(self.backend);
-        for (rows, batch) in rows.chunks(size).zip(batch.chunks(size)) {
-            insert(&mut tx, rows, batch, issued_at).await?;
+        let mut start = 0;
+        for size in chunk_sizes(rows.len(), max_chunk(self.backend)) {
+            let end = start + size;
+            let sql = self.statement(size);
+            insert(&mut tx, sql, &rows[start..end], &batch[start..end], issued_at).await?;
+            start = end;
         }
         head::set_head(&mut tx, seq, codec::hex(&prev_hash)).await?;
         tx.commit().await?;
@@ -258,38 +343,27 @@ impl Writer {
 
 async fn insert(
     tx: &mut Transaction<'_, Any>,
+    sql: &str,
     rows: &[JournalRow],
     pending: &[Pending],
     issued_at: i64,
 ) -> Result<(), StoreError> {
-    let mut sql = Sql::new(
-        "INSERT INTO journal (seq, serial, spiffe_id, caller, authority, not_before, not_after, \
-         der_sha256, issued_at, prev_hash, row_hash) VALUES ",
-    );
-    for (index, (row, pending)) in rows.iter().zip(pending).enumerate() {
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (row, pending) in rows.iter().zip(pending) {
         let record = &row.record;
-        sql.push(if index == 0 { "(" } else { ", (" });
-        let values = [
-            Bind::Int(row.seq),
-            Bind::Text(record.serial.clone()),
-            Bind::Text(record.spiffe_id.clone()),
-            Bind::Text(record.caller.clone()),
-            Bind::Text(record.authority.clone()),
-            Bind::Int(pending.record.not_before),
-            Bind::Int(pending.record.not_after),
-            Bind::Text(codec::hex(&record.der_sha256)),
-            Bind::Int(issued_at),
-            Bind::Text(codec::hex(&row.prev_hash)),
-            Bind::Text(codec::hex(&row.row_hash)),
-        ];
-        for (position, value) in values.into_iter().enumerate() {
-            if position > 0 {
-                sql.push(", ");
-            }
-            sql.bind(value);
-        }
-        sql.push(")");
+        query = query
+            .bind(row.seq)
+            .bind(record.serial.as_str())
+            .bind(record.spiffe_id.as_str())
+            .bind(record.caller.as_str())
+            .bind(record.authority.as_str())
+            .bind(pending.record.not_before)
+            .bind(pending.record.not_after)
+            .bind(codec::hex(&record.der_sha256))
+            .bind(issued_at)
+            .bind(codec::hex(&row.prev_hash))
+            .bind(codec::hex(&row.row_hash));
     }
-    sql.build().execute(&mut **tx).await?;
+    query.execute(&mut **tx).await?;
     Ok(())
 }
