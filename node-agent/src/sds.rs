@@ -12,7 +12,7 @@ mod sotw;
 mod subscriptions;
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,11 +25,13 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use http_body::Frame;
+use prost::bytes::{BufMut, Bytes, BytesMut};
+use tonic::codec::{BufferSettings, Streaming};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
-use tonic::{Request, Response, Status, Streaming};
-use tonic_prost::{ProstCodec, ProstDecoder};
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+use tonic_prost::ProstCodec;
 use tower::Service;
 use tracing::Instrument;
 
@@ -68,13 +70,8 @@ fn outgoing<T: Send + 'static>() -> (Outgoing<T>, BoxStream<T>) {
     (tx, Box::pin(stream))
 }
 
-/// The SDS service as the agent serves it: `StreamSecrets` and `DeltaSecrets` with small codec
-/// buffers, `FetchSecrets` by the generated server.
-///
-/// An SDS stream lives as long as its Envoy, and tonic gives every streaming call an 8 KiB
-/// encode buffer and an 8 KiB decode buffer. With one stream per proxy that was most of what
-/// the agent spent per stream; SDS messages are a few KiB, and the buffers grow when one is
-/// larger.
+/// The SDS service as the agent serves it: `StreamSecrets` and `DeltaSecrets` with small
+/// buffers ([`streaming`]), `FetchSecrets` by the generated server.
 #[derive(Clone)]
 pub struct SdsServer {
     sds: Arc<Sds>,
@@ -112,101 +109,114 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let sds = self.sds.clone();
         match request.uri().path() {
-            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => Box::pin(async {
-                Ok(Grpc::new(SmallBuffers::default())
-                    .streaming(StreamSecrets(sds), request)
-                    .await)
-            }),
-            "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => Box::pin(async {
-                Ok(Grpc::new(SmallBuffers::default())
-                    .streaming(DeltaSecrets(sds), request)
-                    .await)
-            }),
+            "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets" => {
+                Box::pin(async move { Ok(streaming(request, |r| sds.stream_secrets(r)).await) })
+            }
+            "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets" => {
+                Box::pin(async move { Ok(streaming(request, |r| sds.delta_secrets(r)).await) })
+            }
             _ => self.generated.call(request),
         }
     }
 }
 
-/// Protobuf with 1 KiB buffers to start with, grown to each response's exact size.
+/// Serves one bidirectional SDS stream: tonic decodes the requests (from a 1 KiB buffer, where
+/// its default is 8 KiB), and every response is framed in a buffer of exactly its size, freed
+/// once sent.
 ///
-/// tonic keeps one encode buffer per stream and reuses its allocation for the next response,
-/// so a stream holds on to the largest allocation its responses grew it to. Grown a field at a
-/// time, a 4.6 KiB state-of-the-world response doubled it to 8 KiB; reserved up front, it stays
-/// near the response's size.
-struct SmallBuffers<T, U>(PhantomData<fn(T) -> U>);
-
-impl<T, U> Default for SmallBuffers<T, U> {
-    fn default() -> Self {
-        SmallBuffers(PhantomData)
-    }
-}
-
-impl<T, U> Codec for SmallBuffers<T, U>
+/// An SDS stream lives as long as its Envoy. tonic's response body keeps one encode buffer per
+/// stream, at the size of the largest response so far; with 10,000 streams those buffers were
+/// a fifth of the agent's memory, and a bundle push (a bigger `ROOTCA`) grew every one.
+async fn streaming<B, Req, Resp, F, Fut>(
+    request: http::Request<B>,
+    serve: F,
+) -> http::Response<tonic::body::Body>
 where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + 'static,
+    F: FnOnce(Request<Streaming<Req>>) -> Fut,
+    Fut: Future<Output = Result<Response<BoxStream<Resp>>, Status>>,
 {
-    type Encode = T;
-    type Decode = U;
-    type Encoder = ExactEncoder<T>;
-    type Decoder = ProstDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        ExactEncoder(PhantomData)
+    // The same answer tonic gives: this server accepts no compressed requests.
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        return Status::unimplemented(format!(
+            "requests compressed with {encoding:?} are not accepted; send them uncompressed"
+        ))
+        .into_http();
     }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(small_buffers())
+    let decoder = ProstCodec::<Resp, Req>::raw_decoder(BufferSettings::new(1024, 32 * 1024));
+    let request = Request::from_http(
+        request.map(|body| Streaming::new_request(decoder, body, None, None)),
+    );
+    match serve(request).await {
+        Ok(response) => {
+            let (metadata, responses, extensions) = response.into_parts();
+            let mut http = http::Response::new(tonic::body::Body::new(Framed {
+                responses: Some(responses),
+            }));
+            *http.headers_mut() = metadata.into_headers();
+            http.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            *http.extensions_mut() = extensions;
+            http
+        }
+        Err(status) => status.into_http(),
     }
 }
 
-fn small_buffers() -> BufferSettings {
-    // The yield threshold stays tonic's default (32 KiB).
-    BufferSettings::new(1024, 32 * 1024)
+/// A stream of responses as a gRPC response body: each message framed on its own, then the
+/// stream's status as trailers.
+struct Framed<T> {
+    /// None once the trailers are sent.
+    responses: Option<BoxStream<T>>,
 }
 
-/// Encodes a message after reserving room for all of it at once.
-struct ExactEncoder<T>(PhantomData<fn(T)>);
-
-impl<T: prost::Message> Encoder for ExactEncoder<T> {
-    type Item = T;
+impl<T: prost::Message> Body for Framed<T> {
+    type Data = Bytes;
     type Error = Status;
 
-    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(item.encoded_len());
-        item.encode(buf)
-            .map_err(|e| Status::internal(format!("encoding a response: {e}")))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let Some(responses) = self.responses.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = match std::task::ready!(responses.as_mut().poll_next(cx)) {
+            Some(Ok(message)) => return Poll::Ready(Some(frame(&message))),
+            Some(Err(status)) => status,
+            None => Status::ok(""),
+        };
+        self.responses = None;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(
+            status.add_header(&mut trailers).map(|()| Frame::trailers(trailers)),
+        ))
     }
 
-    fn buffer_settings(&self) -> BufferSettings {
-        small_buffers()
+    fn is_end_stream(&self) -> bool {
+        self.responses.is_none()
     }
 }
 
-struct StreamSecrets(Arc<Sds>);
-
-impl StreamingService<DiscoveryRequest> for StreamSecrets {
-    type Response = DiscoveryResponse;
-    type ResponseStream = BoxStream<DiscoveryResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let sds = self.0.clone();
-        Box::pin(async move { sds.stream_secrets(request).await })
-    }
-}
-
-struct DeltaSecrets(Arc<Sds>);
-
-impl StreamingService<DeltaDiscoveryRequest> for DeltaSecrets {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = BoxStream<DeltaDiscoveryResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let sds = self.0.clone();
-        Box::pin(async move { sds.delta_secrets(request).await })
-    }
+/// One gRPC message frame: uncompressed, its length, the message; allocated once, exactly.
+fn frame<T: prost::Message>(message: &T) -> Result<Frame<Bytes>, Status> {
+    let len = message.encoded_len();
+    let prefix = u32::try_from(len)
+        .map_err(|_| Status::internal(format!("a response of {len} bytes cannot be framed")))?;
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(prefix);
+    message
+        .encode(&mut buf)
+        .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
+    Ok(Frame::data(buf.freeze()))
 }
 
 /// Refuses a request for another type than secrets. An empty type is the service's own (Envoy
