@@ -8,9 +8,12 @@
 //! that can match.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use envoy_types::pb::google::protobuf::Any;
 use halyard_proto::SpiffeId;
+
+use super::secrets::{ROOTCA, validation_context};
 
 use crate::attest::entitled;
 use crate::cache::TrustState;
@@ -24,6 +27,9 @@ struct Index {
     /// Entries by their first selector, `kind:key:value`: an entry can only match a caller that
     /// has it.
     by_first_selector: HashMap<String, Vec<usize>>,
+    /// The `ROOTCA` secret, built by the first stream that sends it (a bundle push sends it on
+    /// every stream).
+    rootca: OnceLock<Any>,
 }
 
 impl Index {
@@ -43,6 +49,7 @@ impl Index {
             trust,
             by_id,
             by_first_selector,
+            rootca: OnceLock::new(),
         }
     }
 
@@ -85,6 +92,15 @@ impl Entitlements {
 }
 
 impl CallerView {
+    /// The snapshot's `ROOTCA` secret.
+    pub(super) fn rootca(&self) -> Any {
+        let index = &self.index;
+        index
+            .rootca
+            .get_or_init(|| validation_context(ROOTCA, &index.trust))
+            .clone()
+    }
+
     /// Whether `caller` may hold `id`, as [`Caller::identities`] would say.
     pub(super) fn may_hold(&self, caller: &Caller, id: &SpiffeId) -> bool {
         caller.implied.contains(id)

@@ -12,7 +12,7 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use super::entitlements::{CallerView, Entitlements};
-use super::secrets::{ROOTCA, tls_certificate, validation_context};
+use super::secrets::{ROOTCA, tls_certificate};
 use crate::cache::{SvidSlot, TrustState};
 use crate::caller::{AgentState, Caller, shown};
 
@@ -181,7 +181,7 @@ impl Subscriptions {
                 Ok(Source::RootCa) if trust.roots.is_empty() => current.pending.push(name),
                 Ok(Source::RootCa) => current.ready.push(Resource {
                     version: trust_version(&trust),
-                    secret: validation_context(&name, &trust),
+                    secret: view.rootca(),
                     name,
                 }),
                 Ok(Source::Svid(id)) => {
