@@ -23,10 +23,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SERVICE_NAME, SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
-use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
 use http_body::Frame;
 use prost::bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
 use tonic::codec::{BufferSettings, Streaming};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::NamedService;
@@ -149,9 +149,8 @@ where
         .into_http();
     }
     let decoder = ProstCodec::<Resp, Req>::raw_decoder(BufferSettings::new(1024, 32 * 1024));
-    let request = Request::from_http(
-        request.map(|body| Streaming::new_request(decoder, body, None, None)),
-    );
+    let request =
+        Request::from_http(request.map(|body| Streaming::new_request(decoder, body, None, None)));
     match serve(request).await {
         Ok(response) => {
             let (metadata, responses, extensions) = response.into_parts();
@@ -196,7 +195,9 @@ impl<T: prost::Message> Body for Framed<T> {
         self.responses = None;
         let mut trailers = http::HeaderMap::new();
         Poll::Ready(Some(
-            status.add_header(&mut trailers).map(|()| Frame::trailers(trailers)),
+            status
+                .add_header(&mut trailers)
+                .map(|()| Frame::trailers(trailers)),
         ))
     }
 

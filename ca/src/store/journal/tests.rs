@@ -213,7 +213,11 @@ fn batches_split_into_full_chunks_then_powers_of_two() {
     for rows in 0..300 {
         let chunks = sizes(rows);
         assert_eq!(chunks.iter().sum::<usize>(), rows);
-        assert!(chunks.iter().all(|size| size.is_power_of_two() && *size <= 32));
+        assert!(
+            chunks
+                .iter()
+                .all(|size| size.is_power_of_two() && *size <= 32)
+        );
     }
 }
 

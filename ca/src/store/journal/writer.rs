@@ -35,11 +35,7 @@ pub(super) fn chunk_sizes(mut rows: usize, max: usize) -> impl Iterator<Item = u
         if rows == 0 {
             return None;
         }
-        let size = if rows >= max {
-            max
-        } else {
-            1 << rows.ilog2()
-        };
+        let size = if rows >= max { max } else { 1 << rows.ilog2() };
         rows -= size;
         Some(size)
     })
@@ -136,7 +132,9 @@ impl WriterHandle {
             pool,
             backend,
             // Every chunk size is a power of two: statement i carries 2^i rows.
-            statements: (0..=max.ilog2()).map(|i| insert_sql(backend, 1 << i)).collect(),
+            statements: (0..=max.ilog2())
+                .map(|i| insert_sql(backend, 1 << i))
+                .collect(),
             max_batch: options.max_batch,
             stats: Arc::clone(&stats),
         };
@@ -332,7 +330,14 @@ impl Writer {
         for size in chunk_sizes(rows.len(), max_chunk(self.backend)) {
             let end = start + size;
             let sql = self.statement(size);
-            insert(&mut tx, sql, &rows[start..end], &batch[start..end], issued_at).await?;
+            insert(
+                &mut tx,
+                sql,
+                &rows[start..end],
+                &batch[start..end],
+                issued_at,
+            )
+            .await?;
             start = end;
         }
         head::set_head(&mut tx, seq, codec::hex(&prev_hash)).await?;
