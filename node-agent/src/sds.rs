@@ -62,7 +62,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// lives as long as the stream) holds pointers, not responses.
 type Outgoing<T> = mpsc::Sender<Result<Box<T>, Status>>;
 
-/// A channel for a stream's responses, and the stream tonic sends from.
+/// A channel for a stream's responses, and the stream its response body sends from.
 fn outgoing<T: Send + 'static>() -> (Outgoing<T>, BoxStream<T>) {
     let (tx, rx) = mpsc::channel(4);
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -300,3 +300,6 @@ impl SecretDiscoveryService for Sds {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;
