@@ -10,8 +10,10 @@
 # identity. Last, the peer: cfssl (Debian's golang-cfssl, installed if missing) serving its sign
 # endpoint on the same core, with an ECDSA P-256 CA and a 1 h client+server profile, driven by
 # the same generator with the same CSRs.
-# Prints one JSON line per configuration (halyard-loadgen's report) and, first, the in-process
-# limits of the same build on the same core (criterion: the signing core, and raw ring P-256).
+# Prints one JSON line per configuration (halyard-loadgen's report, plus the server's CPU time per
+# certificate: user + system time of all its threads, from /proc, which leaves out the time a
+# shared VM's host takes away) and, first, the in-process limits of the same build on the same
+# core (criterion: the signing core, and raw ring P-256).
 # Per store: 1, 8, 32 and 128 requests in flight; then the latency at half the 32-in-flight peak
 # (an open-loop --rate); batches of 16; Istio's API. Then the CA with no journal at all, for
 # what the journal costs.
@@ -66,9 +68,26 @@ start_ca() {
 peak_rate() { python3 -c 'import json,sys; print(json.load(sys.stdin)["issued_per_second"])'; }
 half() { python3 -c "print(round($1 / 2, 1))"; }
 
+clock_ticks="$(getconf CLK_TCK)"
+# The server's CPU time so far, in clock ticks: user + system, all threads.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$ca_pid/stat"; }
+# Runs halyard-loadgen with "$@" and prints its report with server_cpu_us_per_cert added.
+measured() {
+  local before report
+  before="$(server_ticks)"
+  report="$(taskset -c "$client_core" target/release/halyard-loadgen "$@")"
+  python3 -c '
+import json, sys
+report = json.loads(sys.argv[1])
+ticks = int(sys.argv[3]) - int(sys.argv[2])
+issued = report["issued"]
+report["server_cpu_us_per_cert"] = round(ticks * 1e6 / int(sys.argv[4]) / issued, 1) if issued else None
+print(json.dumps(report))
+' "$report" "$before" "$(server_ticks)" "$clock_ticks"
+}
+
 loadgen() {
-  taskset -c "$client_core" target/release/halyard-loadgen --ca-address "https://$grpc" \
-    --data-dir "$dir/data" --duration "${seconds}s" "$@"
+  measured --ca-address "https://$grpc" --data-dir "$dir/data" --duration "${seconds}s" "$@"
 }
 
 for store in sqlite postgres; do
@@ -101,6 +120,8 @@ echo "== no journal"
 for concurrency in 8 32 128; do
   loadgen --api svids --batch 1 --concurrency "$concurrency"
 done
+# The agent sends its CSRs in batches of 16.
+loadgen --api svids --batch 16 --concurrency 8
 
 echo "== peer: cfssl $(cfssl version | head -1)"
 kill "$ca_pid" 2>/dev/null || true
@@ -123,6 +144,6 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 for concurrency in 1 8 32; do
-  taskset -c "$client_core" target/release/halyard-loadgen --api cfssl \
-    --cfssl-address "127.0.0.1:$cfssl_port" --duration "${seconds}s" --concurrency "$concurrency"
+  measured --api cfssl --cfssl-address "127.0.0.1:$cfssl_port" --duration "${seconds}s" \
+    --concurrency "$concurrency"
 done

@@ -2,7 +2,13 @@
 //!
 //! rustls checks the certificate's dates once, at the handshake; a connection can outlive the
 //! certificate, so every request checks them again.
+//!
+//! What a client certificate says is a function of its DER alone, and a connection presents the
+//! same certificate on every request, so each certificate is parsed and checked against the
+//! X509-SVID rules once and remembered ([`KNOWN`]); only the dates are checked per request.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use halyard_proto::{SpiffeId, validate_leaf};
@@ -19,6 +25,21 @@ pub(super) struct Peer {
     pub(super) not_after: SystemTime,
 }
 
+/// What a valid X509-SVID client certificate says, as far as callers go.
+#[derive(Clone)]
+struct Known {
+    id: SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// Client certificates already checked, by their DER. Cleared when it reaches [`KNOWN_LIMIT`]
+/// entries: a few thousand nodes' certificates, each renewed within hours.
+static KNOWN: LazyLock<Mutex<HashMap<Box<[u8]>, Known>>> = LazyLock::new(Mutex::default);
+
+/// How many client certificates [`KNOWN`] holds at most.
+const KNOWN_LIMIT: usize = 4096;
+
 /// The caller, from the mTLS client certificate, valid now; UNAUTHENTICATED otherwise.
 pub(super) fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
@@ -27,26 +48,46 @@ pub(super) fn peer<T>(request: &Request<T>) -> Result<Peer, Status> {
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-    let svid = validate_leaf(leaf.as_ref()).map_err(|e| {
-        Status::unauthenticated(format!("client certificate is not an X509-SVID: {e}"))
-    })?;
+    let known = known(leaf.as_ref())?;
     let now = SystemTime::now();
-    if now >= svid.not_after() {
+    if now >= known.not_after {
         return Err(Status::unauthenticated(format!(
             "client certificate expired at {}: reconnect with a renewed SVID",
-            rfc3339(svid.not_after())
+            rfc3339(known.not_after)
         )));
     }
-    if now < svid.not_before() {
+    if now < known.not_before {
         return Err(Status::unauthenticated(format!(
             "client certificate is not valid before {}",
-            rfc3339(svid.not_before())
+            rfc3339(known.not_before)
         )));
     }
     Ok(Peer {
-        id: svid.spiffe_id().clone(),
-        not_after: svid.not_after(),
+        id: known.id,
+        not_after: known.not_after,
     })
+}
+
+/// What the client certificate `der` says, from [`KNOWN`] or checked now.
+fn known(der: &[u8]) -> Result<Known, Status> {
+    let lock = || KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = lock().get(der) {
+        return Ok(known.clone());
+    }
+    let svid = validate_leaf(der).map_err(|e| {
+        Status::unauthenticated(format!("client certificate is not an X509-SVID: {e}"))
+    })?;
+    let known = Known {
+        id: svid.spiffe_id().clone(),
+        not_before: svid.not_before(),
+        not_after: svid.not_after(),
+    };
+    let mut cache = lock();
+    if cache.len() >= KNOWN_LIMIT {
+        cache.clear();
+    }
+    cache.insert(der.into(), known.clone());
+    Ok(known)
 }
 
 /// The caller's SPIFFE ID (see [`peer`]).
