@@ -224,9 +224,11 @@ fn batches_split_into_full_chunks_then_powers_of_two() {
 #[test]
 fn insert_placeholders_suit_each_engine() {
     let sqlite = writer::insert_sql(Backend::Sqlite, 2);
+    assert!(sqlite.starts_with("INSERT OR ROLLBACK INTO journal ("));
     assert_eq!(sqlite.matches('?').count(), 22);
     assert!(!sqlite.contains('$'));
     let postgres = writer::insert_sql(Backend::Postgres, 2);
+    assert!(postgres.starts_with("INSERT INTO journal ("));
     assert!(postgres.contains("($1, $2,") && postgres.ends_with("$21, $22)"));
     assert!(!postgres.contains('?'));
 }
