@@ -71,10 +71,15 @@ half() { python3 -c "print(round($1 / 2, 1))"; }
 clock_ticks="$(getconf CLK_TCK)"
 # The server's CPU time so far, in clock ticks: user + system, all threads.
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$ca_pid/stat"; }
-# Runs halyard-loadgen with "$@" and prints its report with server_cpu_us_per_cert added.
+# The server core's times so far, in clock ticks: all of them, and the stolen ones (the time
+# the VM's host ran something else while this core had work).
+core_ticks() { awk -v cpu="cpu$server_core" '$1 == cpu { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9 }' /proc/stat; }
+# Runs halyard-loadgen with "$@" and prints its report with server_cpu_us_per_cert and
+# server_core_stolen_percent added.
 measured() {
-  local before report
+  local before core_before report
   before="$(server_ticks)"
+  core_before="$(core_ticks)"
   report="$(taskset -c "$client_core" target/release/halyard-loadgen "$@")"
   python3 -c '
 import json, sys
@@ -82,8 +87,10 @@ report = json.loads(sys.argv[1])
 ticks = int(sys.argv[3]) - int(sys.argv[2])
 issued = report["issued"]
 report["server_cpu_us_per_cert"] = round(ticks * 1e6 / int(sys.argv[4]) / issued, 1) if issued else None
+(total0, stolen0), (total1, stolen1) = (map(int, t.split()) for t in sys.argv[5:7])
+report["server_core_stolen_percent"] = round(100 * (stolen1 - stolen0) / max(1, total1 - total0), 1)
 print(json.dumps(report))
-' "$report" "$before" "$(server_ticks)" "$clock_ticks"
+' "$report" "$before" "$(server_ticks)" "$clock_ticks" "$core_before" "$(core_ticks)"
 }
 
 loadgen() {
