@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::store::JournalStats;
 
 /// Labels of a request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,10 +27,20 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     issued: Counter,
     issuance_seconds: Histogram,
-    journal_commit_seconds: Histogram,
-    journal_batch_size: Histogram,
+    journal: JournalCounters,
     intermediate_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
-    journal_batches_seen: Arc<AtomicU64>,
+    /// The journal statistics last taken into [`Metrics::journal`].
+    journal_seen: Arc<Mutex<JournalStats>>,
+}
+
+/// The journal's counters: exact totals, from which a scraper derives rows per transaction and
+/// time per transaction (rate of one over rate of another).
+#[derive(Clone, Default)]
+struct JournalCounters {
+    batches: Counter,
+    rows: Counter,
+    failed: Counter,
+    commit_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -53,17 +65,26 @@ impl Metrics {
             "Time to sign and journal one certificate",
             issuance_seconds.clone(),
         );
-        let journal_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let journal = JournalCounters::default();
+        registry.register(
+            "journal_batches",
+            "Journal transactions committed",
+            journal.batches.clone(),
+        );
+        registry.register(
+            "journal_rows",
+            "Journal rows committed",
+            journal.rows.clone(),
+        );
+        registry.register(
+            "journal_batches_failed",
+            "Journal transactions that failed (every caller in them got the error)",
+            journal.failed.clone(),
+        );
         registry.register(
             "journal_commit_seconds",
-            "Time of one journal transaction",
-            journal_commit_seconds.clone(),
-        );
-        let journal_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
-        registry.register(
-            "journal_batch_size",
-            "Rows per journal transaction",
-            journal_batch_size.clone(),
+            "Time spent in committed journal transactions, BEGIN to COMMIT",
+            journal.commit_seconds.clone(),
         );
         let intermediate_expiry = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register(
@@ -76,10 +97,9 @@ impl Metrics {
             requests,
             issued,
             issuance_seconds,
-            journal_commit_seconds,
-            journal_batch_size,
+            journal,
             intermediate_expiry,
-            journal_batches_seen: Arc::new(AtomicU64::new(0)),
+            journal_seen: Arc::default(),
         }
     }
 
@@ -107,18 +127,31 @@ impl Metrics {
         self.intermediate_expiry.set(secs);
     }
 
-    /// Takes the store's journal statistics into the histograms (each batch once).
-    pub fn observe_journal(&self, stats: &crate::store::JournalStats) {
-        use std::sync::atomic::Ordering;
-        let seen = self
-            .journal_batches_seen
-            .swap(stats.batches_committed, Ordering::Relaxed);
-        if stats.batches_committed > seen {
-            self.journal_batch_size
-                .observe(stats.last_batch_size as f64);
-            self.journal_commit_seconds
-                .observe(stats.last_commit_duration.as_secs_f64());
-        }
+    /// Brings the journal counters up to the store's statistics `stats`.
+    pub fn observe_journal(&self, stats: &JournalStats) {
+        let mut seen = self
+            .journal_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let counters = &self.journal;
+        counters.batches.inc_by(
+            stats
+                .batches_committed
+                .saturating_sub(seen.batches_committed),
+        );
+        counters
+            .rows
+            .inc_by(stats.rows_committed.saturating_sub(seen.rows_committed));
+        counters
+            .failed
+            .inc_by(stats.batches_failed.saturating_sub(seen.batches_failed));
+        counters.commit_seconds.inc_by(
+            stats
+                .commit_time
+                .saturating_sub(seen.commit_time)
+                .as_secs_f64(),
+        );
+        *seen = *stats;
     }
 
     /// The text exposition of every metric.
@@ -133,5 +166,39 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_counters_are_exact_totals_whatever_the_observation_rate() {
+        let metrics = Metrics::new();
+        let mut stats = JournalStats {
+            batches_committed: 3,
+            rows_committed: 40,
+            batches_failed: 1,
+            last_batch_size: 16,
+            last_commit_duration: Duration::from_millis(500),
+            commit_time: Duration::from_millis(2000),
+        };
+        metrics.observe_journal(&stats);
+        stats.batches_committed = 5;
+        stats.rows_committed = 70;
+        stats.commit_time = Duration::from_millis(3500);
+        metrics.observe_journal(&stats);
+        // Observing the same statistics again adds nothing.
+        metrics.observe_journal(&stats);
+        let text = metrics.encode();
+        for line in [
+            "halyard_journal_batches_total 5",
+            "halyard_journal_rows_total 70",
+            "halyard_journal_batches_failed_total 1",
+            "halyard_journal_commit_seconds_total 3.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

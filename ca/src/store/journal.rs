@@ -151,6 +151,8 @@ pub struct JournalStats {
     pub last_batch_size: u64,
     /// How long the last committed batch took, from `BEGIN` to `COMMIT`.
     pub last_commit_duration: Duration,
+    /// How long every committed batch took, from `BEGIN` to `COMMIT`, summed.
+    pub commit_time: Duration,
 }
 
 /// The columns of a journal row, in the order [`decode_row`] reads them.

@@ -177,6 +177,7 @@ struct Stats {
     batches_failed: AtomicU64,
     last_batch_size: AtomicU64,
     last_commit_nanos: AtomicU64,
+    commit_nanos: AtomicU64,
 }
 
 impl Stats {
@@ -187,6 +188,7 @@ impl Stats {
         self.last_batch_size.store(rows, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.last_commit_nanos.store(nanos, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> JournalStats {
@@ -198,6 +200,7 @@ impl Stats {
             last_commit_duration: Duration::from_nanos(
                 self.last_commit_nanos.load(Ordering::Relaxed),
             ),
+            commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
         }
     }
 }
