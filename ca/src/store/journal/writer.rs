@@ -205,6 +205,9 @@ impl Stats {
     }
 }
 
+/// How many times the writer yields, at most, to let more requests join a batch.
+const MAX_YIELDS: usize = 4;
+
 struct Writer {
     pool: AnyPool,
     backend: Backend,
@@ -229,14 +232,23 @@ impl Writer {
         while requests.recv_many(&mut batch, self.max_batch).await > 0 {
             // Let every request that is ready to be journaled get here first: a busy CA then
             // commits fewer, bigger batches (each commit's fsync and WAL pages cost the same
-            // whatever its size), and an idle one loses only the yield.
-            if batch.len() < self.max_batch {
+            // whatever its size), and an idle one loses only a yield. Requests keep arriving
+            // while others are signed, so the writer yields again while each yield brought more,
+            // a few times at most.
+            for _ in 0..MAX_YIELDS {
+                if batch.len() >= self.max_batch {
+                    break;
+                }
+                let before = batch.len();
                 tokio::task::yield_now().await;
                 while batch.len() < self.max_batch {
                     match requests.try_recv() {
                         Ok(pending) => batch.push(pending),
                         Err(_) => break,
                     }
+                }
+                if batch.len() == before {
+                    break;
                 }
             }
             // A caller that stopped waiting will never hand out its certificate: no row for it.
