@@ -443,9 +443,24 @@ async fn of_two_replicas_on_postgresql_sharing_the_data_directory_one_prepares()
         },
     );
     assert_eq!(moto.counts(), counts, "activating asks PCA for nothing");
+    // Both replicas sign with it. The one that did not activate it hears of it by
+    // LISTEN/NOTIFY and reloads: moments later, longer on a loaded machine.
     for (server, node) in [(&first, "node-1"), (&second, "node-2")] {
-        let svid = web_svid(server, node).await;
-        assert_eq!(key_id(&svid[0], true), b, "both replicas sign with it");
+        server.entry(node, WEB);
+        let (cert, key) = server.attest_node(node).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (chain, _) = server.workload_svid((&cert, &key), WEB).await;
+            let signer = key_id(&certs_from_pem(chain.as_bytes()).unwrap()[0], true);
+            if signer == b {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node}'s replica still signs with {signer}, not {b}, 30 s after the activation"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     for server in [&first, &second] {
         assert!(
