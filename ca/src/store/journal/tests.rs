@@ -232,3 +232,17 @@ fn insert_placeholders_suit_each_engine() {
     assert!(postgres.contains("($1, $2,") && postgres.ends_with("$21, $22)"));
     assert!(!postgres.contains('?'));
 }
+
+#[test]
+fn a_small_sqlite_append_is_one_transaction_in_one_text() {
+    let sql = writer::one_statement_sql(3);
+    let statements: Vec<&str> = sql.split("; ").collect();
+    assert_eq!(statements.len(), 4, "{sql}");
+    assert_eq!(statements[0], "BEGIN IMMEDIATE");
+    assert!(statements[1].starts_with("INSERT OR ROLLBACK INTO journal ("));
+    assert!(statements[2].starts_with("UPDATE journal_head SET head_seq = ?, head_hash = ?"));
+    assert!(statements[2].ends_with("RETURNING head_seq"));
+    assert_eq!(statements[3], "COMMIT");
+    // The rows' parameters, then the new head's, bound in that order across the statements.
+    assert_eq!(sql.matches('?').count(), 3 * 11 + 2);
+}

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sqlx::any::AnyArguments;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Transaction};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -15,6 +17,7 @@ use super::chain::{self, ChainInput};
 use super::head;
 use super::{IssuedRecord, JournalRow, JournalStats};
 use crate::store::codec;
+use crate::store::error::is_unique_violation;
 use crate::store::{Backend, StoreError, StoreOptions};
 
 /// The most rows one `INSERT` statement carries (11 parameters each: far below both engines'
@@ -75,6 +78,26 @@ pub(super) fn insert_sql(backend: Backend, rows: usize) -> String {
         sql.push(')');
     }
     sql
+}
+
+/// The most rows a SQLite batch appends in one statement text ([`one_statement_sql`]); bigger
+/// batches take a transaction of several statements.
+const SQLITE_ONE_STATEMENT: usize = 32;
+
+/// SQLite: a whole append of `rows` rows after a head the writer already knows, as one text
+/// sqlx runs in one call to its worker thread (its `?` parameters are bound across the
+/// statements in order). The round trips of a separate `BEGIN`, head `SELECT`, head `UPDATE` and
+/// `COMMIT` were most of a small commit's cost, on the worker thread and in the writer.
+///
+/// If another writer appended since, the first `seq` is taken: `INSERT OR ROLLBACK` ends the
+/// transaction there, and the statements after it do not run. The head `UPDATE` returns the
+/// head, so a missing head row shows.
+pub(super) fn one_statement_sql(rows: usize) -> String {
+    format!(
+        "BEGIN IMMEDIATE; {}; UPDATE journal_head SET head_seq = ?, head_hash = ? WHERE id = 1 \
+         RETURNING head_seq; COMMIT",
+        insert_sql(Backend::Sqlite, rows)
+    )
 }
 
 /// A record checked and converted to what is stored, before it is queued: nothing about one
@@ -144,6 +167,11 @@ impl WriterHandle {
             statements: (0..=max.ilog2())
                 .map(|i| insert_sql(backend, 1 << i))
                 .collect(),
+            one_statement: match backend {
+                Backend::Sqlite => (1..=SQLITE_ONE_STATEMENT).map(one_statement_sql).collect(),
+                Backend::Postgres => Vec::new(),
+            },
+            tip: None,
             max_batch: options.max_batch,
             stats: Arc::clone(&stats),
         };
@@ -208,11 +236,24 @@ impl Stats {
 /// How many times the writer yields, at most, to let more requests join a batch.
 const MAX_YIELDS: usize = 4;
 
+/// The last row this writer appended: where its next append goes, unless another writer
+/// appended since.
+#[derive(Clone, Copy)]
+struct Tip {
+    seq: i64,
+    hash: [u8; 32],
+}
+
 struct Writer {
     pool: AnyPool,
     backend: Backend,
     /// The `INSERT` for each chunk size of [`chunk_sizes`], by log2 of its row count.
     statements: Vec<String>,
+    /// SQLite: [`one_statement_sql`] for 1 to [`SQLITE_ONE_STATEMENT`] rows (index: rows - 1).
+    one_statement: Vec<String>,
+    /// SQLite only: the head as of this writer's last commit, so the next one need not read it.
+    /// (On PostgreSQL replicas append all the time; each reads the head under its row lock.)
+    tip: Option<Tip>,
     max_batch: usize,
     stats: Arc<Stats>,
 }
@@ -222,7 +263,7 @@ impl Writer {
         &self.statements[rows.ilog2() as usize]
     }
 
-    async fn run(self, mut requests: mpsc::Receiver<Pending>) {
+    async fn run(mut self, mut requests: mpsc::Receiver<Pending>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut failing = false;
         // The writer keeps one connection: its page cache stays warm (on SQLite, a connection
@@ -285,21 +326,54 @@ impl Writer {
         tracing::debug!("journal writer stopped");
     }
 
-    /// Appends `batch` after the current head in one transaction on the writer's connection
-    /// (taken from the pool when it has none); the rows as committed.
+    /// Appends `batch` on the writer's connection (taken from the pool when it has none); the
+    /// rows as committed.
     async fn commit(
+        &mut self,
+        conn: &mut Option<PoolConnection<Any>>,
+        batch: &[Pending],
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let tip = self.tip.take();
+        let mut result = self.attempt(conn, batch, tip).await;
+        if tip.is_some()
+            && matches!(&result, Err(StoreError::Database(error)) if is_unique_violation(error))
+        {
+            // Another writer on this database (a second CA, an offline `sign`) appended since
+            // this one's last commit: append after the head it reads under the write lock.
+            tracing::debug!("the journal head moved under this writer; reading it again");
+            result = self.attempt(conn, batch, None).await;
+        }
+        if let Ok(rows) = &result
+            && self.backend == Backend::Sqlite
+        {
+            self.tip = rows.last().map(|row| Tip {
+                seq: row.seq,
+                hash: row.row_hash,
+            });
+        }
+        result
+    }
+
+    /// One try at appending `batch` after `tip`, or after the head read in the transaction.
+    async fn attempt(
         &self,
         conn: &mut Option<PoolConnection<Any>>,
         batch: &[Pending],
+        tip: Option<Tip>,
     ) -> Result<Vec<JournalRow>, StoreError> {
         let held = match conn {
             Some(held) => held,
             None => conn.insert(self.pool.acquire().await?),
         };
-        let result = self.commit_on(held, batch).await;
+        let result = match tip {
+            Some(tip) if batch.len() <= self.one_statement.len() => {
+                self.append_in_one_statement(held, batch, tip).await
+            }
+            _ => self.append_in_transaction(held, batch, tip).await,
+        };
         if result.is_err() {
-            // A failed append (a full disk, a lost server) can leave the connection inside its
-            // transaction; it must not serve the next batch.
+            // A failed append (a full disk, a lost server, a taken seq) can leave the connection
+            // inside its transaction; it must not serve the next batch.
             if let Some(mut failed) = conn.take() {
                 failed.close_on_drop();
             }
@@ -307,77 +381,126 @@ impl Writer {
         result
     }
 
-    async fn commit_on(
+    /// SQLite, after a known head, at most [`SQLITE_ONE_STATEMENT`] rows: one call.
+    async fn append_in_one_statement(
         &self,
         conn: &mut AnyConnection,
         batch: &[Pending],
+        tip: Tip,
     ) -> Result<Vec<JournalRow>, StoreError> {
         let issued_at = codec::now_unix()?;
-        let issued_at_time = codec::from_unix(issued_at)?;
-        let mut tx = head::begin_append(conn, self.backend).await?;
-        let head = head::read(&mut tx, head::Lock::ForAppend(self.backend)).await?;
-        let mut seq = head.head_seq;
-        let mut prev_hash = codec::parse_hash(&head.head_hash, "journal_head.head_hash")?;
-
-        let mut rows = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let validated = &pending.record;
-            let record = &validated.record;
-            seq = seq
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Corrupt("journal seq overflows i64".into()))?;
-            let row_hash = chain::row_hash(
-                &prev_hash,
-                &ChainInput {
-                    seq,
-                    serial: &record.serial,
-                    spiffe_id: &record.spiffe_id,
-                    caller: &record.caller,
-                    authority: &record.authority,
-                    not_before: validated.not_before,
-                    not_after: validated.not_after,
-                    der_sha256: &record.der_sha256,
-                    issued_at,
-                },
-            );
-            rows.push(JournalRow {
-                seq,
-                record: record.clone(),
-                issued_at: issued_at_time,
-                prev_hash,
-                row_hash,
-            });
-            prev_hash = row_hash;
+        let rows = chain_rows(batch, tip, issued_at)?;
+        let Some(last) = rows.last() else {
+            return Ok(rows);
+        };
+        let sql = &self.one_statement[rows.len() - 1];
+        let head = bind_rows(
+            sqlx::query(AssertSqlSafe(sql.as_str())),
+            &rows,
+            batch,
+            issued_at,
+        )
+        .bind(last.seq)
+        .bind(codec::hex(&last.row_hash))
+        .fetch_all(conn)
+        .await?;
+        if head.len() != 1 {
+            // Only if someone deleted the head row: the rows are in, the head did not move.
+            return Err(StoreError::Corrupt(
+                "the journal_head row is missing".into(),
+            ));
         }
+        Ok(rows)
+    }
 
+    /// Appends `batch` in a transaction of several statements: after `tip`, or after the head it
+    /// reads under the write lock (on every engine that lock keeps other appenders out).
+    async fn append_in_transaction(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &[Pending],
+        tip: Option<Tip>,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let issued_at = codec::now_unix()?;
+        let mut tx = head::begin_append(conn, self.backend).await?;
+        let tip = match tip {
+            Some(tip) => tip,
+            None => {
+                let head = head::read(&mut tx, head::Lock::ForAppend(self.backend)).await?;
+                Tip {
+                    seq: head.head_seq,
+                    hash: codec::parse_hash(&head.head_hash, "journal_head.head_hash")?,
+                }
+            }
+        };
+        let rows = chain_rows(batch, tip, issued_at)?;
         let mut start = 0;
         for size in chunk_sizes(rows.len(), max_chunk(self.backend)) {
             let end = start + size;
             let sql = self.statement(size);
-            insert(
-                &mut tx,
-                sql,
+            bind_rows(
+                sqlx::query(AssertSqlSafe(sql)),
                 &rows[start..end],
                 &batch[start..end],
                 issued_at,
             )
+            .execute(&mut *tx)
             .await?;
             start = end;
         }
-        head::set_head(&mut tx, seq, codec::hex(&prev_hash)).await?;
+        if let Some(last) = rows.last() {
+            head::set_head(&mut tx, last.seq, codec::hex(&last.row_hash)).await?;
+        }
         tx.commit().await?;
         Ok(rows)
     }
 }
 
-async fn insert(
-    tx: &mut Transaction<'_, Any>,
-    sql: &str,
-    rows: &[JournalRow],
+/// The rows `batch` becomes after `tip`, hashes chained, all issued at `issued_at`.
+fn chain_rows(batch: &[Pending], tip: Tip, issued_at: i64) -> Result<Vec<JournalRow>, StoreError> {
+    let issued_at_time = codec::from_unix(issued_at)?;
+    let mut seq = tip.seq;
+    let mut prev_hash = tip.hash;
+    let mut rows = Vec::with_capacity(batch.len());
+    for pending in batch {
+        let validated = &pending.record;
+        let record = &validated.record;
+        seq = seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("journal seq overflows i64".into()))?;
+        let row_hash = chain::row_hash(
+            &prev_hash,
+            &ChainInput {
+                seq,
+                serial: &record.serial,
+                spiffe_id: &record.spiffe_id,
+                caller: &record.caller,
+                authority: &record.authority,
+                not_before: validated.not_before,
+                not_after: validated.not_after,
+                der_sha256: &record.der_sha256,
+                issued_at,
+            },
+        );
+        rows.push(JournalRow {
+            seq,
+            record: record.clone(),
+            issued_at: issued_at_time,
+            prev_hash,
+            row_hash,
+        });
+        prev_hash = row_hash;
+    }
+    Ok(rows)
+}
+
+/// `query` with the eleven `INSERT` parameters of each of `rows` bound, in order.
+fn bind_rows<'q>(
+    mut query: Query<'q, Any, AnyArguments>,
+    rows: &'q [JournalRow],
     pending: &[Pending],
     issued_at: i64,
-) -> Result<(), StoreError> {
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+) -> Query<'q, Any, AnyArguments> {
     for (row, pending) in rows.iter().zip(pending) {
         let record = &row.record;
         query = query
@@ -393,6 +516,5 @@ async fn insert(
             .bind(codec::hex(&row.prev_hash))
             .bind(codec::hex(&row.row_hash));
     }
-    query.execute(&mut **tx).await?;
-    Ok(())
+    query
 }
