@@ -229,6 +229,26 @@ pub(super) async fn two_replicas_share_one_chain(db: TestDb) {
     }
 }
 
+/// A writer that remembers the head of its last commit finds it moved when another writer
+/// appended in between, and appends after the other's row rather than failing or forking.
+pub(super) async fn a_writer_appends_after_another_writers_rows(db: TestDb) {
+    let first = db.open().await;
+    let second = db.open().await;
+    let one = first.record_issued(record(1)).await.unwrap();
+    let two = second.record_issued(record(2)).await.unwrap();
+    assert_eq!((one.seq, two.seq), (1, 2));
+    // `first` last saw seq 1 as the head; the head is now seq 2.
+    let three = first.record_issued(record(3)).await.unwrap();
+    assert_eq!(three.seq, 3);
+    assert_eq!(three.prev_hash, two.row_hash);
+    let four = first.record_issued(record(4)).await.unwrap();
+    assert_eq!((four.seq, four.prev_hash), (4, three.row_hash));
+    assert_eq!(first.journal_stats().batches_failed, 0);
+    let report = second.verify_journal().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows_checked, 4);
+}
+
 pub(super) async fn a_tiny_queue_still_commits_everything(db: TestDb) {
     let store = db
         .open_with(StoreOptions {

@@ -235,7 +235,7 @@ fn insert_placeholders_suit_each_engine() {
 
 #[test]
 fn a_small_sqlite_append_is_one_transaction_in_one_text() {
-    let sql = writer::one_statement_sql(3);
+    let sql = writer::one_statement_sql(Backend::Sqlite, 3);
     let statements: Vec<&str> = sql.split("; ").collect();
     assert_eq!(statements.len(), 4, "{sql}");
     assert_eq!(statements[0], "BEGIN IMMEDIATE");
@@ -245,4 +245,17 @@ fn a_small_sqlite_append_is_one_transaction_in_one_text() {
     assert_eq!(statements[3], "COMMIT");
     // The rows' parameters, then the new head's, bound in that order across the statements.
     assert_eq!(sql.matches('?').count(), 3 * 11 + 2);
+}
+
+#[test]
+fn a_small_postgresql_append_is_one_statement_that_checks_the_head() {
+    let sql = writer::one_statement_sql(Backend::Postgres, 2);
+    assert!(!sql.contains(';') && !sql.contains('?'), "{sql}");
+    assert!(sql.starts_with("WITH head AS (SELECT id FROM journal_head"));
+    assert!(sql.contains("head_seq = $1 AND head_hash = $2 FOR UPDATE"));
+    assert!(sql.contains("SET head_seq = $3, head_hash = $4"));
+    // The rows' parameters follow the head's four.
+    assert!(sql.contains("(VALUES ($5, $6,") && sql.contains("$25, $26))"));
+    assert!(!sql.contains("$27"));
+    assert!(sql.ends_with("RETURNING head_seq"));
 }

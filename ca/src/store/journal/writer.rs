@@ -44,6 +44,12 @@ pub(super) fn chunk_sizes(mut rows: usize, max: usize) -> impl Iterator<Item = u
     })
 }
 
+/// The columns an append writes, in the order [`bind_rows`] binds them.
+const JOURNAL_COLUMNS: &str = "seq, serial, spiffe_id, caller, authority, not_before, not_after, \
+                               der_sha256, issued_at, prev_hash, row_hash";
+/// How many: each row takes this many parameters.
+const COLUMNS: usize = 11;
+
 /// `INSERT` of `rows` journal rows. SQLite gets anonymous `?` placeholders: it resolves each
 /// `$n` by name, by a linear search, so binding 352 of them cost quadratic time.
 ///
@@ -52,15 +58,13 @@ pub(super) fn chunk_sizes(mut rows: usize, max: usize) -> impl Iterator<Item = u
 /// past 64 KiB (a fifth of the journal's CPU time in a profile). A failed batch is rolled back
 /// whole anyway, so rolling back the transaction at the conflict loses nothing.
 pub(super) fn insert_sql(backend: Backend, rows: usize) -> String {
-    const COLUMNS: usize = 11;
     let mut sql = String::from(match backend {
         Backend::Sqlite => "INSERT OR ROLLBACK",
         Backend::Postgres => "INSERT",
     });
-    sql.push_str(
-        " INTO journal (seq, serial, spiffe_id, caller, authority, not_before, not_after, \
-         der_sha256, issued_at, prev_hash, row_hash) VALUES ",
-    );
+    sql.push_str(" INTO journal (");
+    sql.push_str(JOURNAL_COLUMNS);
+    sql.push_str(") VALUES ");
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..COLUMNS {
@@ -80,24 +84,52 @@ pub(super) fn insert_sql(backend: Backend, rows: usize) -> String {
     sql
 }
 
-/// The most rows a SQLite batch appends in one statement text ([`one_statement_sql`]); bigger
-/// batches take a transaction of several statements.
-const SQLITE_ONE_STATEMENT: usize = 32;
+/// The most rows a batch appends in one statement ([`one_statement_sql`]) after a head the writer
+/// already knows; bigger batches take a transaction of several statements.
+const ONE_STATEMENT: usize = 32;
 
-/// SQLite: a whole append of `rows` rows after a head the writer already knows, as one text
-/// sqlx runs in one call to its worker thread (its `?` parameters are bound across the
-/// statements in order). The round trips of a separate `BEGIN`, head `SELECT`, head `UPDATE` and
-/// `COMMIT` were most of a small commit's cost, on the worker thread and in the writer.
+/// A whole append of `rows` rows after the head the writer already knows, in one call: the round
+/// trips of a separate `BEGIN`, head `SELECT`, head `UPDATE` and `COMMIT` were most of a small
+/// commit's cost.
 ///
-/// If another writer appended since, the first `seq` is taken: `INSERT OR ROLLBACK` ends the
-/// transaction there, and the statements after it do not run. The head `UPDATE` returns the
-/// head, so a missing head row shows.
-pub(super) fn one_statement_sql(rows: usize) -> String {
-    format!(
-        "BEGIN IMMEDIATE; {}; UPDATE journal_head SET head_seq = ?, head_hash = ? WHERE id = 1 \
-         RETURNING head_seq; COMMIT",
-        insert_sql(Backend::Sqlite, rows)
-    )
+/// - SQLite: one text of four statements, which sqlx runs in one call to its worker thread,
+///   binding the `?` parameters across them in order: the rows', then the new head's. If another
+///   writer appended since, the first `seq` is taken: `INSERT OR ROLLBACK` ends the transaction
+///   there and the statements after it do not run.
+/// - PostgreSQL: one statement, so one transaction. It locks the head row only if it is still
+///   the head the writer knows (`$1`, `$2`), appends the rows (from `$5`) and moves the head to
+///   `$3`, `$4`. If another replica appended since, it changes nothing and returns no row.
+///
+/// Either way the head's `UPDATE` returns the head, so the writer sees that it moved.
+pub(super) fn one_statement_sql(backend: Backend, rows: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "BEGIN IMMEDIATE; {}; UPDATE journal_head SET head_seq = ?, head_hash = ? \
+             WHERE id = 1 RETURNING head_seq; COMMIT",
+            insert_sql(backend, rows)
+        ),
+        Backend::Postgres => {
+            let mut values = String::new();
+            for row in 0..rows {
+                values.push_str(if row == 0 { "(" } else { ", (" });
+                for column in 0..COLUMNS {
+                    if column > 0 {
+                        values.push_str(", ");
+                    }
+                    values.push_str(&format!("${}", 5 + row * COLUMNS + column));
+                }
+                values.push(')');
+            }
+            format!(
+                "WITH head AS (SELECT id FROM journal_head \
+                 WHERE id = 1 AND head_seq = $1 AND head_hash = $2 FOR UPDATE), \
+                 appended AS (INSERT INTO journal ({JOURNAL_COLUMNS}) \
+                 SELECT * FROM (VALUES {values}) AS v WHERE EXISTS (SELECT 1 FROM head)) \
+                 UPDATE journal_head SET head_seq = $3, head_hash = $4 \
+                 WHERE id = 1 AND EXISTS (SELECT 1 FROM head) RETURNING head_seq"
+            )
+        }
+    }
 }
 
 /// A record checked and converted to what is stored, before it is queued: nothing about one
@@ -167,10 +199,9 @@ impl WriterHandle {
             statements: (0..=max.ilog2())
                 .map(|i| insert_sql(backend, 1 << i))
                 .collect(),
-            one_statement: match backend {
-                Backend::Sqlite => (1..=SQLITE_ONE_STATEMENT).map(one_statement_sql).collect(),
-                Backend::Postgres => Vec::new(),
-            },
+            one_statement: (1..=ONE_STATEMENT)
+                .map(|rows| one_statement_sql(backend, rows))
+                .collect(),
             tip: None,
             max_batch: options.max_batch,
             stats: Arc::clone(&stats),
@@ -249,10 +280,9 @@ struct Writer {
     backend: Backend,
     /// The `INSERT` for each chunk size of [`chunk_sizes`], by log2 of its row count.
     statements: Vec<String>,
-    /// SQLite: [`one_statement_sql`] for 1 to [`SQLITE_ONE_STATEMENT`] rows (index: rows - 1).
+    /// [`one_statement_sql`] for 1 to [`ONE_STATEMENT`] rows (index: rows - 1).
     one_statement: Vec<String>,
-    /// SQLite only: the head as of this writer's last commit, so the next one need not read it.
-    /// (On PostgreSQL replicas append all the time; each reads the head under its row lock.)
+    /// The head as of this writer's last commit, so the next one need not read it first.
     tip: Option<Tip>,
     max_batch: usize,
     stats: Arc<Stats>,
@@ -334,33 +364,31 @@ impl Writer {
         batch: &[Pending],
     ) -> Result<Vec<JournalRow>, StoreError> {
         let tip = self.tip.take();
-        let mut result = self.attempt(conn, batch, tip).await;
-        if tip.is_some()
-            && matches!(&result, Err(StoreError::Database(error)) if is_unique_violation(error))
-        {
-            // Another writer on this database (a second CA, an offline `sign`) appended since
-            // this one's last commit: append after the head it reads under the write lock.
+        let mut appended = self.attempt(conn, batch, tip).await;
+        if matches!(appended, Ok(None)) {
+            // Another writer on this database (a replica, an offline `sign`) appended since this
+            // one's last commit: append after the head it reads under the lock.
             tracing::debug!("the journal head moved under this writer; reading it again");
-            result = self.attempt(conn, batch, None).await;
+            appended = self.attempt(conn, batch, None).await;
         }
-        if let Ok(rows) = &result
-            && self.backend == Backend::Sqlite
-        {
-            self.tip = rows.last().map(|row| Tip {
-                seq: row.seq,
-                hash: row.row_hash,
-            });
-        }
-        result
+        let rows = appended?.ok_or_else(|| {
+            StoreError::Corrupt("the journal head moved while the writer held its lock".into())
+        })?;
+        self.tip = rows.last().map(|row| Tip {
+            seq: row.seq,
+            hash: row.row_hash,
+        });
+        Ok(rows)
     }
 
-    /// One try at appending `batch` after `tip`, or after the head read in the transaction.
+    /// One try at appending `batch` after `tip`, or after the head read under the lock: the
+    /// rows, or `None` if another writer appended after `tip`.
     async fn attempt(
         &self,
         conn: &mut Option<PoolConnection<Any>>,
         batch: &[Pending],
         tip: Option<Tip>,
-    ) -> Result<Vec<JournalRow>, StoreError> {
+    ) -> Result<Option<Vec<JournalRow>>, StoreError> {
         let held = match conn {
             Some(held) => held,
             None => conn.insert(self.pool.acquire().await?),
@@ -369,52 +397,80 @@ impl Writer {
             Some(tip) if batch.len() <= self.one_statement.len() => {
                 self.append_in_one_statement(held, batch, tip).await
             }
-            _ => self.append_in_transaction(held, batch, tip).await,
-        };
-        if result.is_err() {
-            // A failed append (a full disk, a lost server, a taken seq) can leave the connection
-            // inside its transaction; it must not serve the next batch.
-            if let Some(mut failed) = conn.take() {
-                failed.close_on_drop();
+            // PostgreSQL's transaction always reads the head under its row lock.
+            Some(tip) if self.backend == Backend::Sqlite => {
+                match self.append_in_transaction(held, batch, Some(tip)).await {
+                    Err(StoreError::Database(error)) if is_unique_violation(&error) => Ok(None),
+                    other => other.map(Some),
+                }
             }
+            _ => self
+                .append_in_transaction(held, batch, None)
+                .await
+                .map(Some),
+        };
+        // A failed append (a full disk, a lost server, a taken seq) can leave the connection
+        // inside its transaction; it must not serve the next batch. (PostgreSQL's one statement
+        // that found the head moved was a transaction of its own, and is over.)
+        let spent = match &result {
+            Err(_) => true,
+            Ok(None) => self.backend == Backend::Sqlite,
+            Ok(Some(_)) => false,
+        };
+        if spent && let Some(mut failed) = conn.take() {
+            failed.close_on_drop();
         }
         result
     }
 
-    /// SQLite, after a known head, at most [`SQLITE_ONE_STATEMENT`] rows: one call.
+    /// After a known head, at most [`ONE_STATEMENT`] rows: one call ([`one_statement_sql`]).
     async fn append_in_one_statement(
         &self,
         conn: &mut AnyConnection,
         batch: &[Pending],
         tip: Tip,
-    ) -> Result<Vec<JournalRow>, StoreError> {
+    ) -> Result<Option<Vec<JournalRow>>, StoreError> {
         let issued_at = codec::now_unix()?;
         let rows = chain_rows(batch, tip, issued_at)?;
         let Some(last) = rows.last() else {
-            return Ok(rows);
+            return Ok(Some(rows));
         };
-        let sql = &self.one_statement[rows.len() - 1];
-        let head = bind_rows(
-            sqlx::query(AssertSqlSafe(sql.as_str())),
-            &rows,
-            batch,
-            issued_at,
-        )
-        .bind(last.seq)
-        .bind(codec::hex(&last.row_hash))
-        .fetch_all(conn)
-        .await?;
-        if head.len() != 1 {
-            // Only if someone deleted the head row: the rows are in, the head did not move.
-            return Err(StoreError::Corrupt(
+        let sql = sqlx::query(AssertSqlSafe(self.one_statement[rows.len() - 1].as_str()));
+        let query = match self.backend {
+            Backend::Sqlite => bind_rows(sql, &rows, batch, issued_at)
+                .bind(last.seq)
+                .bind(codec::hex(&last.row_hash)),
+            Backend::Postgres => bind_rows(
+                sql.bind(tip.seq)
+                    .bind(codec::hex(&tip.hash))
+                    .bind(last.seq)
+                    .bind(codec::hex(&last.row_hash)),
+                &rows,
+                batch,
+                issued_at,
+            ),
+        };
+        let head = match query.fetch_all(conn).await {
+            Ok(head) => head,
+            Err(error) if self.backend == Backend::Sqlite && is_unique_violation(&error) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        match (head.len(), self.backend) {
+            (1, _) => Ok(Some(rows)),
+            (0, Backend::Postgres) => Ok(None),
+            // Only if someone deleted the head row: on SQLite the rows are in, the head did
+            // not move.
+            _ => Err(StoreError::Corrupt(
                 "the journal_head row is missing".into(),
-            ));
+            )),
         }
-        Ok(rows)
     }
 
-    /// Appends `batch` in a transaction of several statements: after `tip`, or after the head it
-    /// reads under the write lock (on every engine that lock keeps other appenders out).
+    /// Appends `batch` in a transaction of several statements: after `tip` (SQLite only), or after
+    /// the head it reads under the write lock (on every engine that lock keeps other appenders
+    /// out).
     async fn append_in_transaction(
         &self,
         conn: &mut AnyConnection,
