@@ -58,30 +58,37 @@ const COLUMNS: usize = 11;
 /// past 64 KiB (a fifth of the journal's CPU time in a profile). A failed batch is rolled back
 /// whole anyway, so rolling back the transaction at the conflict loses nothing.
 pub(super) fn insert_sql(backend: Backend, rows: usize) -> String {
-    let mut sql = String::from(match backend {
+    let verb = match backend {
         Backend::Sqlite => "INSERT OR ROLLBACK",
         Backend::Postgres => "INSERT",
-    });
-    sql.push_str(" INTO journal (");
-    sql.push_str(JOURNAL_COLUMNS);
-    sql.push_str(") VALUES ");
+    };
+    format!(
+        "{verb} INTO journal ({JOURNAL_COLUMNS}) VALUES {}",
+        row_values(backend, rows, 1)
+    )
+}
+
+/// `(…), (…)`: the placeholders of `rows` rows of [`COLUMNS`] parameters. SQLite's are `?`;
+/// PostgreSQL's are numbered from `$first`.
+fn row_values(backend: Backend, rows: usize, first: usize) -> String {
+    let mut values = String::new();
     for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
+        values.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..COLUMNS {
             if column > 0 {
-                sql.push_str(", ");
+                values.push_str(", ");
             }
             match backend {
-                Backend::Sqlite => sql.push('?'),
+                Backend::Sqlite => values.push('?'),
                 Backend::Postgres => {
-                    sql.push('$');
-                    sql.push_str(&(row * COLUMNS + column + 1).to_string());
+                    values.push('$');
+                    values.push_str(&(first + row * COLUMNS + column).to_string());
                 }
             }
         }
-        sql.push(')');
+        values.push(')');
     }
-    sql
+    values
 }
 
 /// The most rows a batch appends in one statement ([`one_statement_sql`]) after a head the writer
@@ -108,27 +115,15 @@ pub(super) fn one_statement_sql(backend: Backend, rows: usize) -> String {
              WHERE id = 1 RETURNING head_seq; COMMIT",
             insert_sql(backend, rows)
         ),
-        Backend::Postgres => {
-            let mut values = String::new();
-            for row in 0..rows {
-                values.push_str(if row == 0 { "(" } else { ", (" });
-                for column in 0..COLUMNS {
-                    if column > 0 {
-                        values.push_str(", ");
-                    }
-                    values.push_str(&format!("${}", 5 + row * COLUMNS + column));
-                }
-                values.push(')');
-            }
-            format!(
-                "WITH head AS (SELECT id FROM journal_head \
-                 WHERE id = 1 AND head_seq = $1 AND head_hash = $2 FOR UPDATE), \
-                 appended AS (INSERT INTO journal ({JOURNAL_COLUMNS}) \
-                 SELECT * FROM (VALUES {values}) AS v WHERE EXISTS (SELECT 1 FROM head)) \
-                 UPDATE journal_head SET head_seq = $3, head_hash = $4 \
-                 WHERE id = 1 AND EXISTS (SELECT 1 FROM head) RETURNING head_seq"
-            )
-        }
+        Backend::Postgres => format!(
+            "WITH head AS (SELECT id FROM journal_head \
+             WHERE id = 1 AND head_seq = $1 AND head_hash = $2 FOR UPDATE), \
+             appended AS (INSERT INTO journal ({JOURNAL_COLUMNS}) \
+             SELECT * FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM head)) \
+             UPDATE journal_head SET head_seq = $3, head_hash = $4 \
+             WHERE id = 1 AND EXISTS (SELECT 1 FROM head) RETURNING head_seq",
+            row_values(backend, rows, 5)
+        ),
     }
 }
 
