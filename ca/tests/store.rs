@@ -45,6 +45,7 @@ mod store {
         journal::concurrent_records_are_group_committed,
         journal::two_replicas_share_one_chain,
         journal::a_writer_appends_after_another_writers_rows,
+        journal::a_missing_head_row_fails_every_append,
         journal::a_tiny_queue_still_commits_everything,
         journal::invalid_records_are_refused_before_the_queue,
         journal::a_failed_batch_fails_every_caller_in_it,

@@ -249,6 +249,27 @@ pub(super) async fn a_writer_appends_after_another_writers_rows(db: TestDb) {
     assert_eq!(report.rows_checked, 4);
 }
 
+/// Without the chain's head row, no append is handed out: neither by a writer that remembers
+/// the head of its last commit nor by one that must read it.
+pub(super) async fn a_missing_head_row_fails_every_append(db: TestDb) {
+    let store = db.open().await;
+    store.record_issued(record(1)).await.unwrap();
+    db.tamper("DELETE FROM journal_head").await;
+    for attempt in [2, 3] {
+        let refused = store.record_issued(record(attempt)).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Corrupt(why)) if why.contains("journal_head row is missing")),
+            "{refused:?}"
+        );
+    }
+    let reopened = db.open().await;
+    let refused = reopened.record_issued(record(4)).await;
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt(_))),
+        "{refused:?}"
+    );
+}
+
 pub(super) async fn a_tiny_queue_still_commits_everything(db: TestDb) {
     let store = db
         .open_with(StoreOptions {
