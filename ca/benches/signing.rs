@@ -2,6 +2,9 @@
 //!
 //! - `svid/parse_verify_sign`: what the CA does per request — parse a PEM-less DER CSR, check its
 //!   key, verify its signature, check the grant, sign the leaf (EC P-256 everywhere).
+//! - `svid/parse_verify_sign_256`: the same over 256 distinct CSRs in turn, as the load generator
+//!   sends them (`--pool 256`): one CSR over and over lets the branch predictor learn its
+//!   verification's variable-time steps.
 //! - `ring/p256_sign_verify`: one raw ring ECDSA P-256 signature and one verification: the floor
 //!   under the line above, which also verifies one signature and makes one.
 //!
@@ -31,6 +34,17 @@ fn svid(c: &mut Criterion) {
     group.bench_function("parse_verify_sign", |b| {
         b.iter(|| {
             let csr = Csr::parse(black_box(&csr), &keys).unwrap();
+            pki.authority
+                .sign_svid(&csr, &grant, None, SystemTime::now())
+                .unwrap()
+        })
+    });
+    let pool: Vec<Vec<u8>> = (0..256).map(|_| CsrSpec::for_id(ID).der()).collect();
+    let mut next = pool.iter().cycle();
+    group.bench_function("parse_verify_sign_256", |b| {
+        b.iter(|| {
+            let der = next.next().unwrap();
+            let csr = Csr::parse(black_box(der), &keys).unwrap();
             pki.authority
                 .sign_svid(&csr, &grant, None, SystemTime::now())
                 .unwrap()

@@ -181,6 +181,8 @@ impl Authority {
         if now < self.not_before {
             return Err(SignError::IntermediateNotYetValid(rfc3339(self.not_before)));
         }
+        // From the untruncated time: its milliseconds keep serials in issue order.
+        let serial = Serial::leaf(now).map_err(|_| SignError::Sign("no randomness".into()))?;
         // Whole seconds, as the certificate will hold them.
         let now = truncate_to_secs(now);
         let ttl = self.policy.grant_ttl(ttl);
@@ -194,7 +196,6 @@ impl Authority {
             not_before: (now - Duration::from_secs(backdate)).max(self.not_before),
             not_after: (now + ttl.as_duration()).min(self.not_after),
         };
-        let serial = Serial::random().map_err(|_| SignError::Sign("no randomness".into()))?;
         let rsa = matches!(csr.key(), PublicKeyKind::Rsa(_));
         let mut params = profile::leaf(grant, rsa, &serial, validity)
             .map_err(|e| SignError::Sign(e.to_string()))?;

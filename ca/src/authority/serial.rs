@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -37,6 +38,25 @@ impl Serial {
                 return Ok(serial);
             }
         }
+    }
+
+    /// A leaf's serial: 128 random bits from the operating system's CSPRNG after a 4-byte prefix
+    /// that counts milliseconds (`0x40000000` + the milliseconds since the Unix epoch modulo
+    /// 2^30, so it wraps every 12.4 days). Always 20 bytes, the most RFC 5280 allows, and positive.
+    ///
+    /// The prefix keeps the serials a CA issues close together one after the other in the
+    /// journal's index by serial: with fully random serials each journaled certificate wrote its
+    /// own page of that index, which was most of what a commit wrote.
+    pub fn leaf(issued_at: SystemTime) -> Result<Serial, ring::error::Unspecified> {
+        const CYCLE_MS: u128 = 1 << 30;
+        let millis = issued_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() % CYCLE_MS);
+        let prefix = 0x4000_0000_u32 | u32::try_from(millis).unwrap_or(0);
+        let mut bytes = [0u8; 20];
+        bytes[..4].copy_from_slice(&prefix.to_be_bytes());
+        SystemRandom::new().fill(&mut bytes[4..])?;
+        Ok(Serial(bytes.to_vec()))
     }
 
     /// A serial from big-endian bytes of a positive integer (leading zeros are dropped).
@@ -111,6 +131,35 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.as_bytes().len() >= 8, "{a}");
         assert_ne!(a.as_bytes()[0], 0);
+    }
+
+    #[test]
+    fn leaf_serials_are_20_bytes_and_follow_the_clock() {
+        let at = UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        let first = Serial::leaf(at).unwrap();
+        let same_ms = Serial::leaf(at).unwrap();
+        let later = Serial::leaf(at + std::time::Duration::from_millis(1)).unwrap();
+        for serial in [&first, &same_ms, &later] {
+            assert_eq!(serial.as_bytes().len(), 20, "{serial}");
+            // Positive, and no leading zero byte to drop: its DER INTEGER is 20 bytes.
+            assert!((0x40..0x80).contains(&serial.as_bytes()[0]), "{serial}");
+            assert_eq!(serial.to_string().len(), 40);
+        }
+        assert_ne!(first, same_ms, "the random part");
+        assert_eq!(first.as_bytes()[..4], same_ms.as_bytes()[..4]);
+        assert!(later > first && later > same_ms);
+        // As stored (lowercase hex), they sort the same way.
+        assert!(later.to_string() > first.to_string());
+        assert_eq!(Serial::from_str(&later.to_string()), Ok(later));
+        // Before the epoch and at the wrap: still 20 bytes and positive.
+        for at in [
+            UNIX_EPOCH - std::time::Duration::from_secs(1),
+            UNIX_EPOCH + std::time::Duration::from_millis((1 << 30) - 1),
+        ] {
+            let serial = Serial::leaf(at).unwrap();
+            assert_eq!(serial.as_bytes().len(), 20);
+            assert!((0x40..0x80).contains(&serial.as_bytes()[0]), "{serial}");
+        }
     }
 
     #[test]
