@@ -3,8 +3,8 @@
 //! - `svid/parse_verify_sign`: what the CA does per request — parse a PEM-less DER CSR, check its
 //!   key, verify its signature, check the grant, sign the leaf (EC P-256 everywhere).
 //! - `svid/parse_verify_sign_256`: the same over 256 distinct CSRs in turn, as the load generator
-//!   sends them (`--pool 256`): one CSR over and over lets the branch predictor learn its
-//!   verification's variable-time steps.
+//!   sends them (`--pool 256`), to check that one CSR over and over does not flatter the line
+//!   above (alternating runs put the two within each other's noise).
 //! - `ring/p256_sign_verify`: one raw ring ECDSA P-256 signature and one verification: the floor
 //!   under the line above, which also verifies one signature and makes one.
 //!
