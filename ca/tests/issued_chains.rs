@@ -204,3 +204,30 @@ fn a_leaf_never_starts_before_its_intermediate() {
         "an ordinary leaf is backdated, not clamped"
     );
 }
+
+/// Leaf serials are 20 bytes, positive, and follow the issue time by the millisecond, as the
+/// certificates hold them: the journal's index by serial then grows at one end.
+#[test]
+fn leaf_serials_are_20_bytes_in_issue_order() {
+    let pki = TestPki::new("example.org");
+    let csr = Csr::parse(&CsrSpec::for_id(ID).der(), &KeyPolicy::default()).unwrap();
+    let grant = Grant::new(SpiffeId::new(ID).unwrap());
+    let start = pki.authority.not_before() + std::time::Duration::from_secs(60);
+    let serials: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let at = start + std::time::Duration::from_millis(3 * i);
+            let svid = pki.authority.sign_svid(&csr, &grant, None, at).unwrap();
+            let leaf = validate_leaf(&svid.leaf).unwrap();
+            assert_eq!(leaf.serial(), svid.serial.as_bytes());
+            leaf.serial().to_vec()
+        })
+        .collect();
+    for serial in &serials {
+        assert_eq!(serial.len(), 20, "{serial:02x?}");
+        assert!((0x40..0x80).contains(&serial[0]), "{serial:02x?}");
+    }
+    assert!(
+        serials.windows(2).all(|pair| pair[0] < pair[1]),
+        "{serials:02x?}"
+    );
+}
