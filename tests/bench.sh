@@ -5,36 +5,66 @@
 #
 #   ./tests/bench.sh                 # every configuration, 10 s each
 #   BENCH_SECONDS=30 ./tests/bench.sh
+#   BENCH_HALF_PEAK_RUNS=9 ./tests/bench.sh   # runs of the half-peak latency line (default 5)
 #
 # The per-node and per-identity rate limits are lifted: the generator is one node and one
-# identity. Last, the peer: cfssl (Debian's golang-cfssl, installed if missing) serving its sign
+# identity. Last, the peer: cfssl (Debian's golang-cfssl, installed if missing, with rt-tests for
+# cyclictest) serving its sign
 # endpoint on the same core, with an ECDSA P-256 CA and a 1 h client+server profile, driven by
 # the same generator with the same CSRs.
 # Prints one JSON line per configuration (halyard-loadgen's report, plus the server's CPU time per
 # certificate: user + system time of all its threads, from /proc, which leaves out the time a
-# shared VM's host takes away) and, first, the in-process limits of the same build on the same
-# core (criterion: the signing core, and raw ring P-256).
-# Per store: 1, 8, 32 and 128 requests in flight; then the latency at half the 32-in-flight peak
-# (an open-loop --rate); batches of 16 (8 and 16 in flight); Istio's API. Then the CA with no
-# journal at all, for what the journal costs.
+# shared VM's host takes away), with the in-process limits of the same build on the same core
+# before and after them (criterion: the signing core, and raw ring P-256).
+# First, how late the host wakes a thread on the server core when idle. Per store: 1, 8, 32 and
+# 128 requests in flight; then the latency at half the 32-in-flight peak (an open-loop --rate,
+# several runs, their median p99); batches of 16 (8 and 16 in flight); Istio's API. Then the CA
+# with no journal at all, for what the journal costs.
 # Record figures in BENCHMARKS.md with the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${BENCH_SECONDS:-10}"
+half_peak_runs="${BENCH_HALF_PEAK_RUNS:-5}"
 server_core="${BENCH_SERVER_CORE:-0}"
 client_core="${BENCH_CLIENT_CORE:-1}"
 
 cargo build --release --locked -p halyard-ca -p halyard-tests --bin halyard-ca --bin halyard-loadgen
 # Built on every core first: only the measurement is pinned.
 cargo bench --locked -p halyard-ca --bench signing --no-run
-if ! command -v cfssl >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl >/dev/null
+if ! command -v cfssl >/dev/null || ! command -v cyclictest >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl rt-tests >/dev/null
 fi
 
-echo "== in-process limits (core $server_core)"
+echo "== in-process limits, before the servers (core $server_core)"
 taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot 2>&1 |
   grep -E '^(svid|ring)/|time:' || true
+
+# How late this machine wakes a sleeping thread on the server core while nothing else runs:
+# the pauses a shared VM's host adds to every latency below (cyclictest, Debian's rt-tests,
+# waking every 500 µs). A pause longer than the p99 target, a few times a minute, is enough
+# to set the p99 of a 10 s line.
+echo "== host wake-up latency (core $server_core, idle, ${seconds}s)"
+taskset -c "$server_core" cyclictest -q -m -t 1 -a "$server_core" -i 500 -D "${seconds}s" -h 100000 |
+  python3 -c '
+import json, sys
+counts = {}
+for line in sys.stdin:
+    fields = line.split()
+    if fields and fields[0].isdigit() and int(fields[1]) > 0:
+        counts[int(fields[0])] = int(fields[1])
+total = sum(counts.values())
+def percentile(p):
+    seen = 0
+    for us in sorted(counts):
+        seen += counts[us]
+        if seen >= p / 100 * total:
+            return us
+over = lambda ms: sum(n for us, n in counts.items() if us > ms * 1000)
+print(json.dumps({"wakeups": total, "p50_us": percentile(50), "p99_us": percentile(99),
+    "p99_9_us": percentile(99.9), "max_us": max(counts, default=0),
+    "over_1ms": over(1), "over_5ms": over(5)}))
+'
 
 dir="$(mktemp -d)"
 ca_pid=""
@@ -115,8 +145,17 @@ for store in sqlite postgres; do
   peak="$(peak_rate <<<"$report")"
   # The journal's group commit waits for the disk: more requests in flight, bigger commits.
   loadgen --api svids --batch 1 --concurrency 128
-  echo "== store: $store, latency at half the 32-in-flight peak ($peak/s)"
-  loadgen --api svids --batch 1 --concurrency 32 --rate "$(half "$peak")"
+  # One pause of the host sets a 10 s line's p99 (see the wake-up latency above), so the
+  # half-peak line runs several times and the median p99 is the figure.
+  echo "== store: $store, latency at half the 32-in-flight peak ($peak/s), ${half_peak_runs} runs"
+  p99s=()
+  for _ in $(seq "$half_peak_runs"); do
+    report="$(loadgen --api svids --batch 1 --concurrency 32 --rate "$(half "$peak")")"
+    echo "$report"
+    p99s+=("$(python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_ms"]["p99"])' <<<"$report")")
+  done
+  python3 -c 'import json, statistics, sys; p = sorted(map(float, sys.argv[1:]));
+print(json.dumps({"half_peak_p99_ms": [round(x, 2) for x in p], "median": round(statistics.median(p), 2)}))' "${p99s[@]}"
   # Batches of 16, as the agent sends them; with 16 in flight, batches are signed while a
   # commit waits for the disk.
   for concurrency in 8 16; do
@@ -160,3 +199,13 @@ for concurrency in 1 8 32; do
   measured --api cfssl --cfssl-address "127.0.0.1:$cfssl_port" --duration "${seconds}s" \
     --concurrency "$concurrency"
 done
+
+# This host's speed drifts over minutes without any steal to show for it (the limit has measured
+# 99 to 165 µs within 20 minutes), so the limit is measured again at the end: a ratio to the
+# limit is only as good as the two agree.
+kill "$ca_pid" 2>/dev/null || true
+wait "$ca_pid" 2>/dev/null || true
+ca_pid=""
+echo "== in-process limits again, after the servers (core $server_core)"
+taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot \
+  '^(svid/parse_verify_sign|ring/p256_sign_verify)$' 2>&1 | grep -E '^(svid|ring)/|time:' || true
