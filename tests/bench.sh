@@ -9,9 +9,8 @@
 #
 # The per-node and per-identity rate limits are lifted: the generator is one node and one
 # identity. Last, the peer: cfssl (Debian's golang-cfssl, installed if missing, with rt-tests for
-# cyclictest) serving its sign
-# endpoint on the same core, with an ECDSA P-256 CA and a 1 h client+server profile, driven by
-# the same generator with the same CSRs.
+# cyclictest) serving its sign endpoint on the same core, with an ECDSA P-256 CA and a 1 h
+# client+server profile, driven by the same generator with the same CSRs.
 # Prints one JSON line per configuration (halyard-loadgen's report, plus the server's CPU time per
 # certificate: user + system time of all its threads, from /proc, which leaves out the time a
 # shared VM's host takes away), with the in-process limits of the same build on the same core
