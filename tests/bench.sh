@@ -17,8 +17,9 @@
 # before and after them (criterion: the signing core, and raw ring P-256).
 # First, how late the host wakes a thread on the server core when idle. Per store: 1, 8, 32 and
 # 128 requests in flight; then the latency at half the 32-in-flight peak (an open-loop --rate,
-# several runs, their median p99); batches of 16 (8 and 16 in flight); Istio's API. Then the CA
-# with no journal at all, for what the journal costs.
+# several runs, their median p99); batches of 16 (8 and 16 in flight), each followed at once by
+# the same line with no journal; Istio's API. Then the CA with no journal at all, for what the
+# journal costs with one CSR per request and for the ratio to cfssl.
 # Record figures in BENCHMARKS.md with the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -136,15 +137,25 @@ loadgen() {
   measured --ca-address "https://$grpc" --data-dir "$dir/data" --duration "${seconds}s" "$@"
 }
 
-for store in sqlite postgres; do
+# Starts the CA on $store, on a fresh database.
+databases=0
+start_store_ca() {
   if [[ "$store" == postgres ]]; then
-    [[ -n "${HALYARD_TEST_POSTGRES_URL:-}" ]] || { echo "== skipping PostgreSQL: source tests/postgres.sh first"; continue; }
-    db="bench_$$"
+    databases=$((databases + 1))
+    local db="bench_$$_$databases"
     psql "$HALYARD_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db" >/dev/null
     start_ca --store-url "${HALYARD_TEST_POSTGRES_URL%/*}/$db"
   else
     start_ca
   fi
+}
+
+for store in sqlite postgres; do
+  if [[ "$store" == postgres && -z "${HALYARD_TEST_POSTGRES_URL:-}" ]]; then
+    echo "== skipping PostgreSQL: source tests/postgres.sh first"
+    continue
+  fi
+  start_store_ca
   echo "== store: $store"
   for concurrency in 1 8; do
     loadgen --api svids --batch 1 --concurrency "$concurrency"
@@ -166,9 +177,14 @@ for store in sqlite postgres; do
   python3 -c 'import json, statistics, sys; p = sorted(map(float, sys.argv[1:]));
 print(json.dumps({"half_peak_p99_ms": [round(x, 2) for x in p], "median": round(statistics.median(p), 2)}))' "${p99s[@]}"
   # Batches of 16, as the agent sends them; with 16 in flight, batches are signed while a
-  # commit waits for the disk.
+  # commit waits for the disk. Each is followed at once by the same line with no journal: the
+  # host's speed drifts over minutes, so the journal's cost is taken from lines side by side.
   for concurrency in 8 16; do
     loadgen --api svids --batch 16 --concurrency "$concurrency"
+    start_ca --unjournaled-for-benchmarks
+    echo "== the line above with no journal"
+    loadgen --api svids --batch 16 --concurrency "$concurrency"
+    start_store_ca
   done
   loadgen --api istio --concurrency 8
 done
