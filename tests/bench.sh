@@ -40,9 +40,14 @@ if ! command -v cfssl >/dev/null || ! command -v cyclictest >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl rt-tests >/dev/null
 fi
 
+# The in-process limits on the server core; extra arguments go to criterion (a filter).
+limits() {
+  taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot "$@" 2>&1 |
+    grep -E '^(svid|ring)/|time:' || true
+}
+
 echo "== in-process limits, before the servers (core $server_core)"
-taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot 2>&1 |
-  grep -E '^(svid|ring)/|time:' || true
+limits
 
 # How late this machine wakes a sleeping thread on the server core while nothing else runs:
 # the pauses a shared VM's host adds to every latency below (cyclictest, Debian's rt-tests,
@@ -232,5 +237,4 @@ kill "$ca_pid" 2>/dev/null || true
 wait "$ca_pid" 2>/dev/null || true
 ca_pid=""
 echo "== in-process limits again, after the servers (core $server_core)"
-taskset -c "$server_core" cargo bench --locked -p halyard-ca --bench signing -- --noplot \
-  '^(svid/parse_verify_sign|ring/p256_sign_verify)$' 2>&1 | grep -E '^(svid|ring)/|time:' || true
+limits '^(svid/parse_verify_sign|ring/p256_sign_verify)$'
